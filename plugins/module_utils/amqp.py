@@ -56,11 +56,8 @@ def redact_url(url):
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = "%s:%d" % (netloc, parts.port)
-    if parts.username:
-        netloc = "%s:***@%s" % (parts.username, netloc)
+    userinfo, hostport = parts.netloc.rsplit("@", 1)  # not .port: it raises on a bad port
+    netloc = "%s:***@%s" % (userinfo.split(":", 1)[0], hostport)
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

@@ -1,0 +1,240 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: testfleet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: amqp_get
+short_description: Take one message from a RabbitMQ queue
+version_added: 0.1.0
+author:
+  - testfleet developers (@testfleet)
+description:
+  - Takes the message at the head of a queue, acknowledges it (it is gone from the queue) and
+    returns it, for smoke checks after a deployment and for operators reading, for example,
+    the dead-letter queue.
+  - The message taken is whichever is at the head of the queue; a check that must not consume
+    real work should use a queue of its own.
+  - An empty queue is not an error; RV(empty) says so.
+extends_documentation_fragment:
+  - testfleet.infra.amqp
+  - ansible.builtin.action_common_attributes
+options:
+  queue:
+    description:
+      - The queue to take the message from. It must exist.
+    type: str
+    required: true
+  wait:
+    description:
+      - Seconds to wait for a message when the queue is empty. V(0) takes a message only if
+        one is there already.
+    type: float
+    default: 0
+  message_id:
+    description:
+      - The AMQP message_id the message must have (for testfleet jobs, the job's C(id)).
+      - When the message at the head of the queue has another id, it is put back (rejected
+        with requeue, which counts as a delivery towards the queue's delivery limit), nothing is
+        taken and the module fails naming the id it found.
+    type: str
+attributes:
+  platform:
+    platforms: posix
+  check_mode:
+    support: full
+    details: >-
+      Takes nothing; returns the queue's current RV(message_count) and reports a change when
+      the queue holds a message (O(wait) is not applied).
+  diff_mode:
+    support: none
+seealso:
+  - module: testfleet.infra.amqp_publish
+"""
+
+EXAMPLES = r"""
+- name: Publish a check job to a queue of its own
+  testfleet.infra.amqp_publish:
+    queue: smoke-check
+    exchange: testfleet
+    job: {version: 1, id: "smoke-{{ 999999 | random }}", kind: smoke}
+  register: published
+
+- name: Read it back
+  testfleet.infra.amqp_get:
+    queue: smoke-check
+    message_id: "{{ published.message_id }}"
+    wait: 10
+  register: taken
+  failed_when: taken.empty
+
+- name: Look at the oldest dead-lettered message (it is removed from the queue)
+  testfleet.infra.amqp_get:
+    queue: dead-letter
+  register: dead
+"""
+
+RETURN = r"""
+empty:
+  description: Whether no message was taken because the queue was empty (after O(wait)).
+  returned: always
+  type: bool
+  sample: false
+message_count:
+  description: Messages left in the queue (in check mode, the messages in the queue).
+  returned: always
+  type: int
+  sample: 0
+message_id:
+  description: The AMQP message_id of the message taken.
+  returned: when a message was taken
+  type: str
+  sample: test-1234-debian-12
+body:
+  description: The body, parsed as JSON when it is valid JSON, else as UTF-8 text.
+  returned: when a message was taken
+  type: raw
+  sample: {version: 1, id: test-1234-debian-12, kind: test}
+body_is_json:
+  description: Whether RV(body) was parsed from JSON.
+  returned: when a message was taken
+  type: bool
+  sample: true
+content_type:
+  description: The AMQP content_type property of the message.
+  returned: when a message was taken
+  type: str
+  sample: application/json
+headers:
+  description:
+    - The AMQP headers, with bytes as text and times as ISO 8601 strings.
+    - A dead-lettered message carries C(x-death) (why, from which queue) and C(x-first-death-*).
+  returned: when a message was taken
+  type: dict
+  sample: {x-delivery-count: 0}
+delivery_count:
+  description: Earlier deliveries of the message (the quorum queue's C(x-delivery-count); 0 the first time).
+  returned: when a message was taken
+  type: int
+  sample: 0
+redelivered:
+  description: Whether the broker delivered the message before.
+  returned: when a message was taken
+  type: bool
+  sample: false
+exchange:
+  description: The exchange the message was last published or dead-lettered to (empty for the default exchange).
+  returned: when a message was taken
+  type: str
+  sample: testfleet
+routing_key:
+  description: The routing key the message was published with.
+  returned: when a message was taken
+  type: str
+  sample: tests.public
+"""
+
+import datetime
+import json
+import time
+
+from ansible_collections.testfleet.infra.plugins.module_utils.amqp import pika
+from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
+
+POLL_INTERVAL = 0.2
+
+
+def _plain(value):
+    """AMQP header values as JSON types (bytes, times and pika's int types included)."""
+    if isinstance(value, dict):
+        return dict((str(k), _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    return str(value)
+
+
+def _body(raw):
+    text = raw.decode("utf-8", "replace")
+    try:
+        return json.loads(text), True
+    except ValueError:
+        return text, False
+
+
+def _take(channel, queue, wait):
+    """basic_get until a message arrives or ``wait`` seconds passed; (method, properties, body)."""
+    deadline = time.monotonic() + wait
+    while True:
+        method, properties, body = channel.basic_get(queue)
+        remaining = deadline - time.monotonic()
+        if method is not None or remaining <= 0:
+            return method, properties, body
+        channel.connection.sleep(min(POLL_INTERVAL, remaining))
+
+
+def _message_result(method, properties, body):
+    headers = _plain(properties.headers or {})
+    parsed, is_json = _body(body)
+    return dict(
+        changed=True, empty=False, message_count=method.message_count,
+        message_id=properties.message_id, body=parsed, body_is_json=is_json,
+        content_type=properties.content_type, headers=headers,
+        delivery_count=headers.get("x-delivery-count", 0), redelivered=method.redelivered,
+        exchange=method.exchange, routing_key=method.routing_key)
+
+
+def run(module, channel):
+    queue, wanted_id = module.params["queue"], module.params["message_id"]
+    if module.check_mode:
+        count = channel.queue_declare(queue, passive=True).method.message_count
+        module.exit_json(changed=count > 0, empty=count == 0, message_count=count)
+    method, properties, body = _take(channel, queue, module.params["wait"])
+    if method is None:
+        module.exit_json(changed=False, empty=True, message_count=0)
+    if wanted_id is not None and properties.message_id != wanted_id:
+        channel.basic_nack(method.delivery_tag, requeue=True)
+        module.fail_json(
+            changed=False, empty=False, message_count=method.message_count + 1,
+            found_message_id=properties.message_id,
+            msg="the message at the head of queue %r has message_id %r, not %r: it was put back "
+                "(this counts as a delivery towards the queue's delivery limit)"
+                % (queue, properties.message_id, wanted_id))
+    channel.basic_ack(method.delivery_tag)
+    module.exit_json(**_message_result(method, properties, body))
+
+
+def main():
+    module = AmqpModule(
+        argument_spec=dict(
+            queue=dict(type="str", required=True),
+            wait=dict(type="float", default=0),
+            message_id=dict(type="str"),
+        ),
+        supports_check_mode=True,
+    )
+    connection = module.connect()
+    try:
+        run(module, connection.channel())
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        module.fail_json(msg="the broker refused to read queue %r: %s %s"
+                         % (module.params["queue"], exc.reply_code, exc.reply_text))
+    except pika.exceptions.AMQPConnectionError as exc:
+        module.fail_json(msg="the connection to the broker was lost reading queue %r: %s"
+                         % (module.params["queue"], exc.__class__.__name__))
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Shared fixtures: the collection made importable from this clone, and the test broker's settings.
+
+At start-up a temporary ``ansible_collections/testfleet/infra`` symlink to the repository root
+is created and put first on ``sys.path`` (so ``ansible_collections.testfleet.infra`` imports
+from this checkout, wherever it is) and handed to ansible-playbook as its collections path.
+
+The broker comes from the environment: ``TESTFLEET_AMQP_URL`` (default
+``amqp://guest:guest@127.0.0.1:5672/``) and optionally ``TESTFLEET_AMQP_PASSWORD_FILE``,
+``TESTFLEET_AMQP_CA_FILE``, ``TESTFLEET_AMQP_CERT_FILE``, ``TESTFLEET_AMQP_KEY_FILE``.
+"""
+
+import importlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+AMQP_FILE_OPTIONS = ("password_file", "ca_file", "cert_file", "key_file")
+
+
+def _make_collections_tree():
+    """Done on import, before the conftest files below this one import the collection."""
+    tree = tempfile.mkdtemp(prefix="testfleet-collections-")
+    namespace = os.path.join(tree, "ansible_collections", "testfleet")
+    os.makedirs(namespace)
+    os.symlink(REPO_ROOT, os.path.join(namespace, "infra"))
+    sys.path.insert(0, tree)
+    return tree
+
+
+_collections_tree = _make_collections_tree()
+
+
+def pytest_unconfigure(config):
+    sys.path.remove(_collections_tree)
+    shutil.rmtree(_collections_tree)  # removes the symlink, not the repository
+
+
+@pytest.fixture(scope="session")
+def collections_path():
+    """A directory holding ``ansible_collections/testfleet/infra`` (-> this repository)."""
+    return _collections_tree
+
+
+@pytest.fixture(scope="session")
+def amqp_options():
+    """The connection options of the test broker, as module options / AmqpSettings keys."""
+    options = {"url": os.environ.get("TESTFLEET_AMQP_URL", DEFAULT_AMQP_URL)}
+    for name in AMQP_FILE_OPTIONS:
+        value = os.environ.get("TESTFLEET_AMQP_" + name.upper())
+        if value:
+            options[name] = value
+    return options
+
+
+@pytest.fixture(scope="session")
+def amqp_settings(amqp_options):
+    from ansible_collections.testfleet.infra.plugins.module_utils.amqp import AmqpSettings
+    return AmqpSettings(connection_name="testfleet tests", **amqp_options)
+
+
+@pytest.fixture
+def run_module(capsys):
+    """Run a module of this collection in-process; return its result dict (as Ansible gets it).
+
+    ``run_module("amqp_get", {...}, check_mode=True, diff=True)``. The result is the JSON the
+    module printed (no_log masking applied), whether it exited or failed.
+    """
+    from ansible.module_utils.testing import patch_module_args
+
+    def run(name, args, check_mode=False, diff=False):
+        module = importlib.import_module("ansible_collections.testfleet.infra.plugins.modules." + name)
+        args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff,
+                    _ansible_module_name="testfleet.infra." + name)
+        capsys.readouterr()
+        with patch_module_args(args), pytest.raises(SystemExit):
+            module.main()
+        return json.loads(capsys.readouterr().out)
+
+    return run
