@@ -23,7 +23,7 @@ def restart(timeout=180):
     deadline = time.monotonic() + timeout
     while True:
         done = subprocess.run(["rabbitmqctl", "await_startup", "--timeout", "120"],
-                              capture_output=True, timeout=timeout)
+                              capture_output=True, timeout=timeout, check=False)
         if done.returncode == 0:
             return
         if time.monotonic() > deadline:
