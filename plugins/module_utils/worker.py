@@ -1,0 +1,472 @@
+# -*- coding: utf-8 -*-
+# Copyright: testfleet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""testfleet-worker: takes jobs from the broker and runs each as a playbook of this collection.
+
+``testfleet-worker --config FILE [--slot N]`` is one slot: it runs one job at a time. Run one
+process per slot (the role installs the systemd template unit ``testfleet-worker@N``).
+
+What it does, in order, for each delivery (prefetch 1):
+
+1. decodes and validates the job (``jobs.py``); an invalid job, or a kind without a
+   ``playbooks/jobs/<kind>.yml``, is published to the dead-letter exchange with the header
+   ``x-testfleet-reason`` (publisher confirm first) and then acked: never retried, never lost;
+2. runs the job (``worker_job.JobRun``) in a thread while the main thread keeps the connection
+   serviced, so heartbeats flow however long the job runs;
+3. acks only after the playbook finished and its log folder and ``result.json`` are stored (or
+   storing them finally failed: a broken store never fails a job; the worker log and the metric
+   ``testfleet_worker_log_upload_failures_total`` say so). An infrastructure error is rejected
+   with requeue: the quorum queue counts the delivery and dead-letters the job at its delivery
+   limit. A failing test is a result: acked.
+
+The job's timeout (its ``timeout``, else ``worker.default_timeout``) stops the playbook and
+gives the result error "timed out after N s". The broker's ``consumer_timeout`` (rabbitmq.conf)
+must be longer than the longest job timeout, or the broker closes the channel of a long job
+and redelivers it: the rabbitmq role sets it from the longest timeout.
+
+Signals: SIGTERM (or SIGINT) drains: the worker takes no new job, finishes the current one and
+exits 0. A second SIGTERM, or ``worker.drain_timeout`` seconds after the first, cancels the
+current job and requeues it. SIGKILL loses nothing: the broker redelivers the unacked job to
+another worker, and the job's playbook stops itself when it sees the worker gone.
+
+When the broker goes away the worker reconnects with exponential backoff (1 s doubling to
+30 s, with jitter), and keeps a running job running meanwhile: its delivery is lost with the
+connection, so the broker redelivers it; the redelivered copy is acked without running again
+when the first run's final result is already stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import sys
+import time
+
+try:
+    import yaml
+    HAS_YAML = True
+except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
+    yaml = None
+    HAS_YAML = False
+
+from ansible_collections.testfleet.infra.plugins.module_utils import amqp
+from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
+from ansible_collections.testfleet.infra.plugins.module_utils import jobs
+from ansible_collections.testfleet.infra.plugins.module_utils import logstore
+from ansible_collections.testfleet.infra.plugins.module_utils import topology as topology_lib
+from ansible_collections.testfleet.infra.plugins.module_utils.worker_job import JobRun, JobSettings, playbook_for
+from ansible_collections.testfleet.infra.plugins.module_utils.worker_metrics import Metrics
+
+pika = amqp.pika
+LOG = logging.getLogger("testfleet.worker")
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_CONFIG = 2
+REASON_HEADER = "x-testfleet-reason"
+
+
+def _seconds_or_none(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return float(value)
+
+
+def _non_negative(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return float(value)
+
+
+def _positive_int(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _text(value):
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _abs_path(value):
+    return os.path.abspath(os.path.expanduser(_text(value)))
+
+
+# Keys this program reads that config.py does not know yet (it refuses unknown keys, so they are
+# taken out before it validates the rest). Once config.py has one of them, config.py's wins.
+EXTRA_KEYS = {
+    "worker": {
+        "work_dir": (_abs_path, "/var/lib/testfleet/work"),
+        "metrics_dir": (_abs_path, "/var/lib/testfleet/metrics"),
+        "host_name": (_text, None),
+        "drain_timeout": (_seconds_or_none, None),
+        "retry_delay": (_non_negative, 10.0),
+        "clone_url": (_text, "https://github.com/{repo}.git"),
+        "log_flush_interval": (_seconds_or_none, 2.0),
+        "log_flush_bytes": (_positive_int, 65536),
+        "upload_timeout": (_seconds_or_none, 60.0),
+    },
+    "log_store": {
+        "region": (_text, None),
+    },
+}
+
+
+class WorkerConfig:
+    """The parts of the config file the worker uses."""
+
+    def __init__(self, config, worker, log_store):
+        self.config = config
+        self.worker = worker
+        self.log_store = log_store
+
+    @property
+    def path(self):
+        return self.config.path
+
+
+def load_config(path):
+    """Read the config file; raise config.ConfigError naming what is wrong."""
+    if not HAS_YAML:
+        raise config_lib.ConfigError("the Python library PyYAML is required to read %s" % path)
+    try:
+        with open(path, "rb") as handle:
+            data = yaml.load(handle.read(), Loader=getattr(config_lib, "_Loader", yaml.SafeLoader))  # nosec - a SafeLoader
+    except OSError as exc:
+        raise config_lib.ConfigError("cannot read the config file %s: %s" % (path, exc.strerror or exc))
+    except yaml.YAMLError as exc:
+        raise config_lib.ConfigError("%s is not valid YAML: %s" % (path, exc))
+    extras = {}
+    if isinstance(data, dict):
+        for section, keys in EXTRA_KEYS.items():
+            given = data.get(section)
+            values = extras.setdefault(section, {})
+            known = config_lib.SCHEMA.get(section, {})
+            for key, (check, default) in keys.items():
+                if key in known:
+                    continue
+                value = given.pop(key, None) if isinstance(given, dict) else None
+                try:
+                    values[key] = default if value is None else check(value)
+                except ValueError as exc:
+                    raise config_lib.ConfigError("%s: %s.%s %s" % (path, section, key, exc))
+    config = config_lib.validate(data, path)
+    worker = dict(config.section("worker"))
+    worker.update(extras.get("worker", {}))
+    store = dict(config.section("log_store"))
+    store.update(extras.get("log_store", {}))
+    return WorkerConfig(config, worker, store)
+
+
+class Worker:
+    """One worker slot: the consumer loop. ``run()`` returns the exit code."""
+
+    def __init__(self, cfg, slot=0, poll_interval=1.0):
+        self.cfg = cfg
+        self.slot = slot
+        self.poll_interval = poll_interval
+        worker = cfg.worker
+        self.queues = list(worker["queues"])
+        self.host = worker.get("host_name") or socket.gethostname()
+        self.topology = cfg.config.topology
+        self.dead_letter_exchange = topology_lib.expand(self.topology)["exchanges"][0]["name"]
+        self.settings = cfg.config.amqp_settings(connection_name="testfleet-worker %s/%s" % (self.host, slot))
+        store = logstore.open_store(**cfg.log_store)
+        self.job_settings = JobSettings(
+            work_dir=worker["work_dir"], host=self.host, slot=slot, store=store, store_settings=cfg.log_store,
+            default_timeout=worker["default_timeout"], clone_url=worker.get("clone_url"),
+            flush_interval=worker.get("log_flush_interval") or 2.0, flush_bytes=worker.get("log_flush_bytes") or 65536,
+            upload_timeout=worker.get("upload_timeout") or 60.0, retry_delay=worker.get("retry_delay", 10.0))
+        self.drain_timeout = worker.get("drain_timeout")
+        metrics_dir = worker.get("metrics_dir")
+        self.metrics = Metrics(os.path.join(metrics_dir, "testfleet-worker-%s.prom" % slot) if metrics_dir else None,
+                               self.host, slot)
+        self.connection = None
+        self.channel = None
+        self.publisher = None
+        self.consumer_tags = []
+        self.deliveries = collections.deque()
+        self.current = None          # (JobRun, channel, delivery tag, kind)
+        self.stopping = False
+        self.stop_signals = 0
+        self.drain_deadline = None
+        self.backoff = 1.0
+        self.next_connect = 0.0
+        self.connected_at = None
+
+    # --- signals ------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        # only flags here: the loop acts on them within poll_interval
+        self.stop_signals += 1
+        if self.stop_signals == 1:
+            self.stopping = True
+            if self.drain_timeout:
+                self.drain_deadline = time.monotonic() + self.drain_timeout
+
+    def install_signal_handlers(self):
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    # --- broker -------------------------------------------------------------------------------
+    def _connect(self):
+        connection = amqp.connect(self.settings)
+        try:
+            channel = connection.channel()
+            for queue in self.queues:
+                topology_lib.ensure_queue(channel, self.topology, queue)
+            channel.basic_qos(prefetch_count=1)
+        except Exception as exc:
+            if connection.is_open:
+                connection.close()
+            cause = exc.__cause__ if isinstance(exc, amqp.AmqpError) else exc
+            if isinstance(cause, (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError)):
+                raise amqp.BrokerUnreachable("the broker at %s went away while the worker set up its queues: %s"
+                                             % (self.settings.display_url, cause))
+            raise
+        self.connection, self.channel, self.publisher = connection, channel, None
+        self.connected_at = time.monotonic()
+        self.metrics.set("connected", 1)
+        LOG.info("connected to %s, queues %s", self.settings.display_url, ", ".join(self.queues))
+
+    def _drop_connection(self, why):
+        LOG.warning("lost the broker connection (%s); reconnecting", why)
+        connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
+        self.consumer_tags = []
+        # deliveries not started belong to the lost channel: the broker requeued them
+        self.deliveries.clear()
+        try:
+            if connection is not None and connection.is_open:
+                connection.close()
+        except Exception:
+            pass
+        if self.connected_at is not None and time.monotonic() - self.connected_at > 30:
+            self.backoff = 1.0
+        self.metrics.reconnects += 1
+        self.metrics.set("connected", 0)
+        self.next_connect = time.monotonic() + self.backoff * random.uniform(0.8, 1.2)
+
+    def _consume(self):
+        if self.consumer_tags or self.channel is None:
+            return
+        for queue in self.queues:
+            self.consumer_tags.append(self.channel.basic_consume(queue, self._on_message, auto_ack=False))
+
+    def _pause(self):
+        """Take no more deliveries (pika nacks those received but not yet dispatched)."""
+        tags, self.consumer_tags = self.consumer_tags, []
+        for tag in tags:
+            self.channel.basic_cancel(tag)
+
+    def _on_message(self, channel, method, properties, body):
+        self.deliveries.append((channel, method, properties, body))
+
+    def _wake(self):
+        connection = self.connection
+        if connection is not None:
+            connection.add_callback_threadsafe(lambda: None)
+
+    # --- deliveries ---------------------------------------------------------------------------
+    def _dead_letter(self, channel, method, properties, body, reason):
+        if self.publisher is None:
+            self.publisher = amqp.ConfirmedPublisher(self.connection)
+        headers = dict((properties.headers or {}), **{
+            REASON_HEADER: reason, "x-testfleet-queue": method.routing_key,
+            "x-testfleet-worker": "%s/%s" % (self.host, self.slot)})
+        try:
+            self.publisher.publish(self.dead_letter_exchange, method.routing_key, body,
+                                   message_id=properties.message_id, headers=headers,
+                                   content_type=properties.content_type or "application/octet-stream")
+        except amqp.PublishRefused as exc:
+            LOG.error("cannot dead-letter an invalid job (%s): requeueing it: %s", reason, exc)
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            return
+        channel.basic_ack(method.delivery_tag)
+        LOG.warning("dead-lettered an invalid job from %s: %s", method.routing_key, reason)
+        self.metrics.job_finished("unknown", "invalid")
+
+    def _take(self, delivery):
+        channel, method, properties, body = delivery
+        try:
+            job = jobs.decode_job(body)
+            if playbook_for(job["kind"]) is None:
+                raise jobs.JobError("kind", "names no job playbook: this collection has no playbooks/jobs/%s.yml" % job["kind"])
+        except jobs.JobError as exc:
+            self._dead_letter(channel, method, properties, body, str(exc))
+            return
+        headers = properties.headers or {}
+        delivery_count = int(headers.get("x-delivery-count") or 0) + 1
+        if len(self.queues) > 1:
+            self._pause()
+        run = JobRun(job, self.job_settings, delivery=delivery_count, redelivered=bool(method.redelivered), wake=self._wake)
+        self.current = (run, channel, method.delivery_tag, job["kind"])
+        LOG.info("job %s (%s) from %s: started (delivery %d)", job["id"], job["kind"], method.routing_key, delivery_count)
+        self.metrics.job_started(job["id"], job["kind"])
+        run.start()
+
+    def _finish(self):
+        run, channel, tag, kind = self.current
+        self.current = None
+        job_id = run.job["id"]
+        action = run.action or "requeue"
+        if channel is not self.channel or channel is None or not channel.is_open:
+            LOG.warning("job %s: its delivery was lost with the broker connection; the broker redelivers it (%s)",
+                        job_id, "its result is stored, so the copy is not run again" if run.stored and action == "ack" else "it runs again")
+        elif action == "ack":
+            channel.basic_ack(tag)
+        else:
+            channel.basic_nack(tag, requeue=True)
+        if run.stored is False:
+            self.metrics.upload_failures += 1
+        outcome = run.outcome if action == "ack" else "requeued"
+        LOG.info("job %s: %s%s, %s", job_id, outcome if outcome != "requeued" else "requeued",
+                 (" (%s)" % run.result.get("reason")) if run.result and run.result.get("reason") else "",
+                 "acked" if action == "ack" else "rejected with requeue")
+        self.metrics.job_finished(kind, outcome, run.duration if outcome != "duplicate" else None)
+
+    # --- the loop -----------------------------------------------------------------------------
+    def _supervise(self):
+        """Apply the job's timeout and the stop requests to the running job; return it."""
+        run = self.current[0]
+        run.check_timeout()
+        if run.cancel_reason is None:
+            if self.stop_signals > 1:
+                LOG.warning("job %s: second stop signal: cancelling and requeueing it", run.job["id"])
+                run.cancel("stop")
+            elif self.drain_deadline is not None and time.monotonic() > self.drain_deadline:
+                LOG.warning("job %s: still running %d s after the stop signal: cancelling and requeueing it",
+                            run.job["id"], self.drain_timeout)
+                run.cancel("stop")
+        return run
+
+    def _step(self):
+        """One turn of the loop; raise pika connection errors to the caller."""
+        if self.stopping and self.consumer_tags:
+            LOG.info("stopping: taking no new job%s", "; the current job finishes first" if self.current else "")
+            self.metrics.set("draining", 1)
+            self._pause()
+        if self.stopping:
+            while self.deliveries:
+                channel, method = self.deliveries.popleft()[:2]
+                channel.basic_nack(method.delivery_tag, requeue=True)
+        if self.current is not None:
+            run = self._supervise()
+            if run.done.is_set():
+                run.join()
+                self._finish()
+        if self.current is None and self.deliveries and not self.stopping:
+            self._take(self.deliveries.popleft())
+        if self.current is None and not self.deliveries and not self.stopping:
+            self._consume()
+        self.connection.process_data_events(time_limit=self.poll_interval)
+
+    def _wait_without_broker(self):
+        """No connection: keep a running job supervised, connect again when the backoff allows."""
+        if self.current is not None:
+            run = self._supervise()
+            if run.done.wait(0.5):
+                run.join()
+                self._finish()
+        elif self.stopping:
+            return
+        now = time.monotonic()
+        if now < self.next_connect:
+            time.sleep(min(0.5, self.next_connect - now))
+            return
+        try:
+            self._connect()
+        except amqp.BrokerUnreachable as exc:
+            LOG.warning("%s; next attempt in %.0f s", exc, self.backoff)
+            self.next_connect = time.monotonic() + self.backoff * random.uniform(0.8, 1.2)
+            self.backoff = min(self.backoff * 2, 30.0)
+
+    def run(self):
+        self.install_signal_handlers()
+        self._clean_work_dir()
+        self.metrics.write()
+        errors = (pika.exceptions.AMQPConnectionError, pika.exceptions.ChannelClosed, pika.exceptions.ChannelWrongStateError,
+                  pika.exceptions.StreamLostError, pika.exceptions.ConnectionWrongStateError, amqp.BrokerUnreachable)
+        try:
+            while True:
+                if self.stopping and self.current is None:
+                    LOG.info("stopping (signal received, no job running)")
+                    break
+                try:
+                    if self.connection is None:
+                        self._wait_without_broker()
+                    else:
+                        self._step()
+                except errors as exc:
+                    self._drop_connection("%s: %s" % (type(exc).__name__, exc))
+                self.metrics.maybe_write()
+        except (amqp.AmqpError, topology_lib.TopologyError) as exc:
+            LOG.error("%s", exc)
+            return EXIT_FATAL
+        finally:
+            if self.current is not None:  # only on a fatal error: give the job back
+                self.current[0].cancel("stop")
+                self.current[0].join(30)
+            if self.connection is not None and self.connection.is_open:
+                try:
+                    self.connection.close()
+                except Exception:
+                    pass
+            self.metrics.connected = 0
+            self.metrics.write()
+        LOG.info("stopped")
+        return EXIT_OK
+
+    def _clean_work_dir(self):
+        """Remove what a killed worker of this slot left behind."""
+        slot_dir = self.job_settings.slot_dir
+        if os.path.isdir(slot_dir):
+            for name in os.listdir(slot_dir):
+                LOG.info("removing %s, left by a previous run", os.path.join(slot_dir, name))
+                shutil.rmtree(os.path.join(slot_dir, name), ignore_errors=True)
+        os.makedirs(slot_dir, mode=0o700, exist_ok=True)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="testfleet-worker",
+        description="Consume testfleet jobs from the broker and run each as a playbook of the "
+                    "testfleet.infra collection through ansible-runner (one job at a time: run one "
+                    "process per slot).")
+    parser.add_argument("--config", default=os.environ.get("TESTFLEET_CONFIG", "/etc/testfleet/config.yml"),
+                        help="the testfleet config file (default: $TESTFLEET_CONFIG or /etc/testfleet/config.yml)")
+    parser.add_argument("--slot", default=os.environ.get("TESTFLEET_SLOT", "0"),
+                        help="this process's slot (a name of letters and digits; default $TESTFLEET_SLOT or 0)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--check", action="store_true",
+                        help="only check the config file and exit (0: valid)")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
+                        format="%%(asctime)s testfleet-worker[%s] %%(levelname)s %%(message)s" % args.slot)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    if not args.slot.isalnum():
+        LOG.error("--slot must be letters and digits, not %r", args.slot)
+        return EXIT_CONFIG
+    try:
+        cfg = load_config(args.config)
+        worker = Worker(cfg, slot=args.slot)
+    except (config_lib.ConfigError, logstore.LogStoreError, topology_lib.TopologyError, amqp.AmqpError) as exc:
+        LOG.error("%s", exc)
+        return EXIT_CONFIG
+    if args.check:
+        sys.stdout.write("%s: valid for testfleet-worker (queues %s, log store %s)\n" % (
+            args.config, ", ".join(worker.queues), worker.job_settings.store.location("JOB")))
+        return EXIT_OK
+    return worker.run()
