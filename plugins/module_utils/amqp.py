@@ -267,7 +267,8 @@ class ConfirmedPublisher:
     def publish(self, exchange, routing_key, body, message_id=None, headers=None,
                 content_type="application/json"):
         properties = pika.BasicProperties(
-            delivery_mode=pika.DeliveryMode.Persistent, content_type=content_type,
+            # 2 = persistent (pika.DeliveryMode is missing in Debian 12's python3-pika 1.2)
+            delivery_mode=2, content_type=content_type,
             message_id=message_id, headers=headers, timestamp=int(time.time()))
         where = "exchange %r with routing key %r" % (exchange or "(default)", routing_key)
         try:

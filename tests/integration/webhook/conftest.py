@@ -86,7 +86,7 @@ class Answer:
 class Webhook:
     """A running testfleet-webhook process."""
 
-    def __init__(self, workdir, settings, description, webhook_keys, amqp_url):
+    def __init__(self, workdir, settings, description, webhook_keys, amqp_section):
         self.workdir = workdir
         self.description = description
         self.queue = webhook_keys["queue"]
@@ -101,7 +101,7 @@ class Webhook:
         keys = {"listen": "127.0.0.1:%d" % self.port, "secret_files": self.secret_files}
         keys.update(webhook_keys)
         self.config = workdir / "config.yml"
-        self.config.write_text(json.dumps({"amqp": {"url": amqp_url}, "webhook": keys,
+        self.config.write_text(json.dumps({"amqp": amqp_section, "webhook": keys,
                                            "topology": description}))
         self.base = "http://127.0.0.1:%d" % self.port
         self.url = self.base + keys.get("path", "/webhook")
@@ -230,7 +230,7 @@ def start_webhook(tmp_path_factory, amqp_settings, amqp_options, prefix, cleanup
         cleanup["exchanges"].update(e["name"] for e in expanded["exchanges"])
         webhook_keys.setdefault("queue", run + "events")
         webhook = Webhook(tmp_path_factory.mktemp("webhook"), amqp_settings, description,
-                          webhook_keys, amqp_url or amqp_options["url"])
+                          webhook_keys, {"url": amqp_url} if amqp_url else amqp_options)
         webhook.amqp_queue = Queue(amqp_settings, webhook.queue)
         started.append(webhook)
         return webhook.start(wait=wait)
