@@ -20,26 +20,13 @@ message of each (``*_cpu_us_per_msg``), which a busy machine disturbs less than 
 """
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import os
 import statistics
-import sys
 import time
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def import_collection():
-    """Make ``ansible_collections.testfleet.infra`` importable, as bin/testfleet does."""
-    loader = importlib.machinery.SourceFileLoader("testfleet_launcher",
-                                                  os.path.join(ROOT, "bin", "testfleet"))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    launcher = importlib.util.module_from_spec(spec)
-    loader.exec_module(launcher)
-    sys.path.insert(0, launcher.collection_search_path(os.path.realpath(ROOT)))
+from collection_path import import_collection
 
 
 import_collection()

@@ -25,8 +25,6 @@ Prints one JSON line per level, then a last line with one JSON object: ``c1_per_
 
 import argparse
 import asyncio
-import importlib.machinery
-import importlib.util
 import json
 import os
 import shutil
@@ -38,21 +36,14 @@ import tempfile
 import time
 import urllib.request
 import uuid
+
 from urllib.parse import urlsplit
+
+from collection_path import import_collection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = [os.path.join(ROOT, "tests", "fixtures", "webhooks"),
             os.path.normpath(os.path.join(ROOT, "..", "shared", "fixtures", "github-webhooks"))]
-
-
-def import_collection():
-    """Make ``ansible_collections.testfleet.infra`` importable, as bin/testfleet does."""
-    loader = importlib.machinery.SourceFileLoader("testfleet_launcher",
-                                                  os.path.join(ROOT, "bin", "testfleet"))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    launcher = importlib.util.module_from_spec(spec)
-    loader.exec_module(launcher)
-    sys.path.insert(0, launcher.collection_search_path(os.path.realpath(ROOT)))
 
 
 def load_deliveries(folders, events):
