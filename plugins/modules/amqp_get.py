@@ -41,6 +41,11 @@ options:
         taken and the module fails naming the id it found.
     type: str
 attributes:
+  action_group:
+    description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
+    support: full
+    membership:
+      - testfleet.infra.amqp
   platform:
     platforms: posix
   check_mode:

@@ -45,6 +45,11 @@ options:
     type: str
     default: testfleet
 attributes:
+  action_group:
+    description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
+    support: full
+    membership:
+      - testfleet.infra.amqp
   platform:
     platforms: posix
   check_mode:

@@ -74,6 +74,11 @@ notes:
   - The user needs the C(configure) and C(write) permissions on the objects and C(read) on the
     queues (to bind them).
 attributes:
+  action_group:
+    description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
+    support: full
+    membership:
+      - testfleet.infra.amqp
   platform:
     platforms: posix
   check_mode:
