@@ -4,12 +4,16 @@ At start-up a temporary ``ansible_collections/testfleet/infra`` symlink to the r
 is created and put first on ``sys.path`` (so ``ansible_collections.testfleet.infra`` imports
 from this checkout, wherever it is) and handed to ansible-playbook as its collections path.
 
+The fake GitHub server (``tests/fake_github.py``) is loaded as the module ``fake_github``
+(so tests may ``import fake_github`` too); the fixture ``fake_github`` is a running instance.
+
 The broker comes from the environment: ``TESTFLEET_AMQP_URL`` (default
 ``amqp://guest:guest@127.0.0.1:5672/``) and optionally ``TESTFLEET_AMQP_PASSWORD_FILE``,
 ``TESTFLEET_AMQP_CA_FILE``, ``TESTFLEET_AMQP_CERT_FILE``, ``TESTFLEET_AMQP_KEY_FILE``.
 """
 
 import importlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -35,6 +39,19 @@ def _make_collections_tree():
 
 
 _collections_tree = _make_collections_tree()
+
+
+def _load_fake_github():
+    """tests/fake_github.py as the module ``fake_github`` (one copy, whoever imports it)."""
+    if "fake_github" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("fake_github", REPO_ROOT / "tests" / "fake_github.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fake_github"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["fake_github"]
+
+
+_load_fake_github()
 
 
 def pytest_unconfigure(config):
@@ -63,6 +80,13 @@ def amqp_options():
 def amqp_settings(amqp_options):
     from ansible_collections.testfleet.infra.plugins.module_utils.amqp import AmqpSettings
     return AmqpSettings(connection_name="testfleet tests", **amqp_options)
+
+
+@pytest.fixture
+def fake_github():
+    """A running, empty fake GitHub (``fake_github.FakeGitHub``): ``.url``, ``.token``, ``add_repo()``..."""
+    with _load_fake_github().FakeGitHub() as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,0 +1,68 @@
+# -*- coding: utf-8 -*-
+# Copyright: testfleet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The base of every GitHub module: common API options, the forge client, error reporting.
+
+A module builds ``ForgeModule(argument_spec={...its own options...}, ...)``: the options
+documented in the ``testfleet.infra.forge`` doc fragment are added (exactly one of ``token``,
+``token_file`` and ``app_id``; the app options together), :meth:`ForgeModule.client` returns a
+:class:`~forge.ForgeClient` or fails saying what to fix, and :meth:`ForgeModule.fail_forge`
+turns a :class:`~forge.ForgeError` into ``fail_json`` with GitHub's HTTP status.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.testfleet.infra.plugins.module_utils import forge
+
+FORGE_ARGUMENT_SPEC = dict(
+    api_url=dict(type="str", default=forge.DEFAULT_API_URL),
+    token=dict(type="str", no_log=True),
+    token_file=dict(type="path", no_log=False),
+    app_id=dict(type="int"),
+    app_key_file=dict(type="path", no_log=False),
+    installation_id=dict(type="int"),
+    etag_cache_dir=dict(type="path"),
+    timeout=dict(type="float", default=30.0),
+    retries=dict(type="int", default=3),
+    max_wait=dict(type="float", default=60.0),
+)
+CREDENTIAL_OPTIONS = ("token", "token_file", "app_id")
+APP_OPTIONS = ("app_id", "app_key_file", "installation_id")
+
+
+class ForgeModule(AnsibleModule):
+    """AnsibleModule with testfleet's GitHub options and error handling."""
+
+    def __init__(self, argument_spec, mutually_exclusive=None, required_together=None, required_one_of=None,
+                 **kwargs):
+        spec = dict(FORGE_ARGUMENT_SPEC)
+        spec.update(argument_spec)
+        super().__init__(argument_spec=spec,
+                         mutually_exclusive=[CREDENTIAL_OPTIONS] + list(mutually_exclusive or ()),
+                         required_together=[APP_OPTIONS] + list(required_together or ()),
+                         required_one_of=[CREDENTIAL_OPTIONS] + list(required_one_of or ()),
+                         **kwargs)
+
+    def client(self):
+        """A :class:`~forge.ForgeClient` from the module's options, or fail saying what to fix."""
+        if not forge.HAS_GITHUB:
+            self.fail_json(msg=missing_required_lib("PyGithub"),
+                           exception="".join(traceback.format_exception(
+                               None, forge.GITHUB_IMPORT_ERROR, forge.GITHUB_IMPORT_ERROR.__traceback__)))
+        params = self.params
+        try:
+            return forge.ForgeClient(
+                api_url=params["api_url"], token=params["token"], token_file=params["token_file"],
+                app_id=params["app_id"], app_key_file=params["app_key_file"],
+                installation_id=params["installation_id"], etag_cache_dir=params["etag_cache_dir"],
+                timeout=params["timeout"], retries=params["retries"], max_wait=params["max_wait"])
+        except forge.ForgeError as exc:
+            self.fail_forge(exc)
+
+    def fail_forge(self, error, **result):
+        """Fail the module with a ForgeError's message (never carrying a secret) and HTTP status."""
+        self.fail_json(msg=str(error), http_status=error.status, **result)
