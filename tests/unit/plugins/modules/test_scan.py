@@ -1,0 +1,379 @@
+"""The scan module, in-process, against the fake GitHub (tests/fake_github.py) and the real broker.
+
+Every test declares its own queues (unique names, through topology.ensure_queue) and deletes
+them afterwards; the messages the module published are read back from them.
+"""
+
+import datetime
+import json
+import time
+import uuid
+
+import pytest
+
+from ansible_collections.testfleet.infra.plugins.module_utils import amqp, statuses
+from ansible_collections.testfleet.infra.plugins.module_utils.scan_plan import job_id
+from ansible_collections.testfleet.infra.plugins.module_utils.topology import ensure_queue, expand
+
+REPO = "org/proj"
+SHA = "1" * 40
+SHA2 = "2" * 40
+MAIN_SHA = "3" * 40
+
+
+class Broker:
+    """Unique queues ``public`` and ``internal`` on a unique exchange, and reading them back."""
+
+    def __init__(self, settings):
+        self.prefix = "tftest-scan-%s." % uuid.uuid4().hex[:8]
+        self.public, self.internal = self.prefix + "public", self.prefix + "internal"
+        self.description = {"exchange": self.prefix + "jobs", "dead_letter_exchange": self.prefix + "dlx",
+                            "dead_letter_queue": self.prefix + "dead-letter", "queues": [self.public, self.internal]}
+        self.exchange = self.description["exchange"]
+        self.connection = amqp.connect(settings, attempts=10, retry_delay=1.0)
+        channel = self.connection.channel()
+        for name in (self.public, self.internal):
+            ensure_queue(channel, self.description, name)
+        channel.close()
+
+    def take(self, queue):
+        """Every message in ``queue`` (acked): [(message_id, job)]."""
+        channel = self.connection.channel()
+        messages = []
+        while True:
+            method, properties, body = channel.basic_get(queue)
+            if method is None:
+                break
+            channel.basic_ack(method.delivery_tag)
+            messages.append((properties.message_id, json.loads(body)))
+        channel.close()
+        return messages
+
+    def delete(self):
+        channel = self.connection.channel()
+        topology = expand(self.description)
+        for queue in topology["queues"]:
+            channel.queue_delete(queue["name"])
+        for exchange in topology["exchanges"]:
+            channel.exchange_delete(exchange["name"])
+        self.connection.close()
+
+
+@pytest.fixture
+def broker(amqp_settings):
+    queues = Broker(amqp_settings)
+    yield queues
+    queues.delete()
+
+
+@pytest.fixture
+def testmap(tmp_path, broker):
+    path = tmp_path / "testmap.yml"
+    path.write_text("""\
+defaults: {queue: %(public)s, timeout: 600, queued_timeout: 3600}
+allow: {authors: [alice], associations: [OWNER, MEMBER]}
+repos:
+  org/proj:
+    branches:
+      main:
+        - ctx/a
+        - {context: ctx/b, queue: %(internal)s, timeout: 900, args: {command: [make, check]}}
+    manual: [ctx/m]
+""" % {"public": broker.public, "internal": broker.internal})
+    return str(path)
+
+
+@pytest.fixture
+def github(fake_github):
+    fake_github.add_repo(REPO)
+    fake_github.set_permission(REPO, "maint", "write")
+    fake_github.set_permission(REPO, "rita", "read")
+    return fake_github
+
+
+@pytest.fixture
+def scan(run_module, github, broker, testmap, amqp_options, tmp_path):
+    """Run the module with the test's GitHub, broker and test map; extra options as keywords."""
+    def run(check_mode=False, diff=False, **options):
+        args = dict(amqp_options, api_url=github.url, token=github.token, testmap=testmap,
+                    exchange=broker.exchange, etag_cache_dir=str(tmp_path / "etags"), retries=0)
+        args.update(options)
+        return run_module("scan", args, check_mode=check_mode, diff=diff)
+    return run
+
+
+def described(github, sha, context):
+    """The newest status of ``context`` on ``sha``, parsed."""
+    posted = github.statuses(REPO, sha, context)
+    return statuses.parse(posted[-1]) if posted else None
+
+
+def iso(seconds_from_now):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds_from_now))
+
+
+def test_a_first_scan_queues_each_context_once_and_a_rescan_nothing(scan, github, broker):
+    github.add_pull(REPO, 4, SHA, author="alice", author_association="NONE")
+    result = scan(repo=REPO)
+    assert "failed" not in result, result
+    assert result["changed"] is True
+    assert sorted((q["context"], q["attempt"]) for q in result["queued"]) == [("ctx/a", 1), ("ctx/b", 1)]
+    public, internal = broker.take(broker.public), broker.take(broker.internal)
+    assert [m[0] for m in public] == [job_id(REPO, SHA, "ctx/a", 1)]
+    assert [m[0] for m in internal] == [job_id(REPO, SHA, "ctx/b", 1)]
+    assert public[0][1] == {"version": 1, "id": job_id(REPO, SHA, "ctx/a", 1), "kind": "test", "repo": REPO,
+                            "sha": SHA, "pull": 4, "context": "ctx/a", "timeout": 600,
+                            "report": {"github": {"context": "ctx/a", "attempt": 1}}}
+    assert internal[0][1]["args"] == {"command": ["make", "check"]}
+    assert internal[0][1]["timeout"] == 900
+    for context in ("ctx/a", "ctx/b"):
+        [posted] = github.statuses(REPO, SHA, context)
+        parsed = statuses.parse(posted)
+        assert (posted["state"], parsed.kind, parsed.attempt) == ("pending", "queued", 1)
+        expected = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3600)
+        assert abs((parsed.deadline - expected).total_seconds()) < 120
+    assert github.statuses(REPO, SHA, "ctx/m") == []
+    assert result["requests"]["writes"] == 2
+
+    again = scan(repo=REPO)
+    assert again["changed"] is False
+    assert again["queued"] == [] and again["plan"][0]["actions"] == []
+    assert again["requests"]["writes"] == 0
+    assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
+    assert len(github.statuses(REPO, SHA)) == 2
+
+    # nothing changed since: the ETag cache on disk answers the reads with 304s; what counts is
+    # the branch the test map names, which does not exist (a 404 has no ETag; the module warns.
+    # Warnings are not asserted: in-process, once controller code is imported, they go to Display)
+    github.reset_records()
+    third = scan(repo=REPO)
+    assert third["changed"] is False
+    assert third["requests"]["not_modified"] == 2
+    assert [(r["path"], r["status"]) for r in github.requests if r["counted"]] == [
+        ("/repos/org/proj/branches/main", 404)]
+
+
+def test_the_queued_status_is_posted_before_the_job_is_published(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    github.inject("POST", r"/statuses/", 422, body={"message": "Validation Failed"})
+    result = scan(repo=REPO, pull=4)
+    assert result["failed"] is True and result["http_status"] == 422
+    # the status of the first context could not be posted: its job was not published either
+    assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
+    assert result["queued"] == []
+
+
+def test_without_a_repo_every_repository_of_the_test_map_is_scanned(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    result = scan(check_mode=True)
+    assert [(p["repo"], p["pull"]) for p in result["plan"]] == [(REPO, 4)]
+    github.reset_records()
+    other = scan(repo="org/unknown")
+    assert "failed" not in other and other["changed"] is False
+    assert other["plan"] == []
+    assert github.requests == []
+
+
+def test_an_error_is_requeued_with_the_next_attempt(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    github.post_status(REPO, SHA, "error", "ctx/a", description=statuses.describe("error", 1, reason="clone failed"))
+    github.post_status(REPO, SHA, "success", "ctx/b", description=statuses.describe("success", 1, host="w/1"))
+    result = scan(repo=REPO, pull=4)
+    assert [(q["context"], q["attempt"]) for q in result["queued"]] == [("ctx/a", 2)]
+    assert [m[0] for m in broker.take(broker.public)] == [job_id(REPO, SHA, "ctx/a", 2)]
+    assert broker.take(broker.internal) == []
+    assert described(github, SHA, "ctx/a")[:2] == ("queued", 2)
+    assert result["plan"][0]["skipped"] == {"ctx/b": "finished: success (attempt 1)"}
+
+
+def test_the_last_error_is_given_up(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    github.post_status(REPO, SHA, "error", "ctx/a", description=statuses.describe("error", 3, reason="clone failed"))
+    github.post_status(REPO, SHA, "failure", "ctx/b", description=statuses.describe("failure", 1, reason="x"))
+    result = scan(repo=REPO, pull=4)
+    assert result["queued"] == []
+    assert [(g["context"], g["attempt"]) for g in result["gave_up"]] == [("ctx/a", 3)]
+    assert described(github, SHA, "ctx/a").reason == "gave up after 3 attempts: clone failed"
+    assert scan(repo=REPO, pull=4)["changed"] is False
+
+
+def test_a_queued_status_past_its_deadline_is_reaped_then_requeued(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+    github.post_status(REPO, SHA, "pending", "ctx/a", description=statuses.describe("queued", 1, deadline=past))
+    github.post_status(REPO, SHA, "success", "ctx/b", description=statuses.describe("success", 1))
+    result = scan(repo=REPO, pull=4)
+    assert result["changed"] is True and result["queued"] == []
+    [reaped] = result["reaped"]
+    assert (reaped["context"], reaped["attempt"], reaped["pull"]) == ("ctx/a", 1, 4)
+    assert reaped["reason"].startswith("deadline passed (queued until ")
+    posted = github.statuses(REPO, SHA, "ctx/a")[-1]
+    assert posted["state"] == "error" and posted["description"].startswith("error · attempt 1 · deadline passed")
+    assert broker.take(broker.public) == []
+
+    following = scan(repo=REPO, pull=4)
+    assert [(q["context"], q["attempt"]) for q in following["queued"]] == [("ctx/a", 2)]
+    assert [m[0] for m in broker.take(broker.public)] == [job_id(REPO, SHA, "ctx/a", 2)]
+
+
+def test_an_untrusted_author_waits_for_approve_from_a_writer(scan, github, broker):
+    github.add_pull(REPO, 4, SHA, author="mallory", author_association="FIRST_TIME_CONTRIBUTOR")
+    first = scan(repo=REPO)
+    assert first["queued"] == []
+    assert sorted(a["context"] for a in first["approval"]) == ["ctx/a", "ctx/b"]
+    for context in ("ctx/a", "ctx/b"):
+        posted = github.statuses(REPO, SHA, context)
+        assert [(p["state"], p["description"]) for p in posted] == [
+            ("pending", "approval · a maintainer's /approve comment starts the tests")]
+    assert scan(repo=REPO)["changed"] is False      # not posted twice
+    assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
+
+    refused = scan(repo=REPO, pull=4, commands=[{"command": "approve", "user": "rita"}])
+    assert refused["changed"] is False and refused["queued"] == []
+    assert refused["refused"][0]["why"] == "@rita has read permission on org/proj; /approve needs write or above"
+
+    approved = scan(repo=REPO, pull=4, commands=[{"command": "approve", "user": "maint"}])
+    assert sorted((q["context"], q["attempt"]) for q in approved["queued"]) == [("ctx/a", 1), ("ctx/b", 1)]
+    assert len(broker.take(broker.public)) == 1 and len(broker.take(broker.internal)) == 1
+    # the commit stays approved for later scans without the command; a new push needs a new /approve
+    assert scan(repo=REPO)["changed"] is False
+    github.update_pull(REPO, 4, head_sha=SHA2)
+    moved = scan(repo=REPO)
+    assert sorted(a["context"] for a in moved["approval"]) == ["ctx/a", "ctx/b"]
+
+
+def test_an_org_member_is_trusted(scan, github, tmp_path, testmap, broker):
+    with open(testmap, "a") as handle:
+        handle.write("    allow: {orgs: [friends]}\n")
+    github.add_org_member("friends", "carol")
+    github.add_pull(REPO, 4, SHA, author="carol", author_association="CONTRIBUTOR")
+    result = scan(repo=REPO)
+    assert len(result["queued"]) == 2 and result["approval"] == []
+
+
+def test_retest_from_a_reader_is_refused_and_from_a_writer_runs_once(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    github.post_status(REPO, SHA, "failure", "ctx/a", description=statuses.describe("failure", 1, reason="x"))
+    github.post_status(REPO, SHA, "success", "ctx/b", description=statuses.describe("success", 1))
+    refused = scan(repo=REPO, pull=4, commands=[{"command": "retest", "user": "rita"}])
+    assert refused["changed"] is False
+    assert refused["refused"] == [{"command": "retest", "user": "rita", "contexts": [],
+                                   "why": "@rita has read permission on org/proj; /retest needs write or above"}]
+    assert broker.take(broker.public) == []
+
+    command = {"command": "retest", "user": "maint", "contexts": ["ctx/a", "ctx/m"], "created_at": iso(1)}
+    time.sleep(1.1)  # the command comes after the statuses above (GitHub's times have seconds)
+    result = scan(repo=REPO, pull=4, commands=[command])
+    assert sorted((q["context"], q["attempt"]) for q in result["queued"]) == [("ctx/a", 2), ("ctx/m", 1)]
+    assert sorted(m[0] for m in broker.take(broker.public)) == sorted(
+        [job_id(REPO, SHA, "ctx/a", 2), job_id(REPO, SHA, "ctx/m", 1)])
+    # the same comment delivered again: nothing more
+    assert scan(repo=REPO, pull=4, commands=[command])["changed"] is False
+    assert broker.take(broker.public) == []
+
+
+def test_check_mode_plans_without_posting_or_publishing(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    result = scan(check_mode=True, diff=True, repo=REPO)
+    assert result["changed"] is True
+    assert [(a["kind"], a["context"], a["attempt"]) for a in result["plan"][0]["actions"]] == [
+        ("queue", "ctx/a", 1), ("queue", "ctx/b", 1)]
+    assert result["queued"] == []
+    assert github.statuses(REPO, SHA) == []
+    assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
+    key = "%s@%s ctx/a" % (REPO, SHA)
+    assert result["diff"]["before"][key] is None
+    assert result["diff"]["after"][key].startswith("queued · attempt 1 · deadline ")
+
+
+def test_branch_heads_and_drafts(scan, github, broker):
+    github.set_branch(REPO, "main", MAIN_SHA)
+    github.add_pull(REPO, 4, SHA, draft=True)
+    github.add_pull(REPO, 5, SHA2, labels=["no-test"])
+    result = scan(repo=REPO)
+    assert sorted((q["sha"], q["context"]) for q in result["queued"]) == [(MAIN_SHA, "ctx/a"), (MAIN_SHA, "ctx/b")]
+    [(message_id, job)] = broker.take(broker.public)
+    assert job["ref"] == "refs/heads/main" and "pull" not in job
+    inactive = dict((p["pull"], p["inactive"]) for p in result["plan"] if p["pull"])
+    assert inactive == {4: "the pull request is a draft", 5: "the pull request is labelled no-test"}
+
+
+def test_one_commit_by_sha_and_ref(scan, github, broker):
+    github.set_branch(REPO, "main", MAIN_SHA)
+    github.add_pull(REPO, 4, SHA)
+    by_sha = scan(repo=REPO, sha=SHA)
+    assert sorted((q["pull"], q["context"]) for q in by_sha["queued"]) == [(4, "ctx/a"), (4, "ctx/b")]
+    by_ref = scan(repo=REPO, ref="refs/heads/main", sha=MAIN_SHA, check_mode=True)
+    assert [p["ref"] for p in by_ref["plan"]] == ["refs/heads/main"]
+    assert github.statuses(REPO, MAIN_SHA) == []
+
+
+def test_settings_from_a_config_file(run_module, github, broker, testmap, amqp_options, tmp_path):
+    token_file = tmp_path / "github-token"
+    token_file.write_text(github.token + "\n")
+    config = tmp_path / "config.yml"
+    amqp_lines = "\n".join("  %s: %s" % (k, v) for k, v in sorted(amqp_options.items()))
+    config.write_text("amqp:\n%s\nforge:\n  api_url: %s\n  token_file: %s\ntestmap: %s\ntopology: %s\n" % (
+        amqp_lines, github.url, token_file, testmap, json.dumps(broker.description)))
+    github.add_pull(REPO, 4, SHA)
+    result = run_module("scan", {"config": str(config), "repo": REPO})
+    assert "failed" not in result, result
+    assert len(result["queued"]) == 2
+    assert len(broker.take(broker.public)) == 1 and len(broker.take(broker.internal)) == 1
+    assert github.token not in json.dumps(result)
+
+
+def test_a_job_that_cannot_be_published_gets_an_error_status(scan, github, broker, testmap):
+    with open(testmap) as handle:
+        text = handle.read()
+    with open(testmap, "w") as handle:
+        handle.write(text.replace(broker.internal, broker.prefix + "missing"))
+    github.add_pull(REPO, 4, SHA)
+    github.post_status(REPO, SHA, "success", "ctx/a", description=statuses.describe("success", 1))
+    result = scan(repo=REPO, pull=4)
+    assert result["failed"] is True and result["changed"] is True
+    assert result["msg"].startswith("the test job could not be published: no queue is bound to exchange")
+    posted = github.statuses(REPO, SHA, "ctx/b")
+    assert [statuses.parse(p).kind for p in posted] == ["queued", "error"]
+    assert statuses.parse(posted[-1]).reason.startswith("the test job could not be published")
+
+
+def test_an_unreachable_broker_posts_no_queued_status(scan, github):
+    github.add_pull(REPO, 4, SHA)
+    result = scan(repo=REPO, url="amqp://127.0.0.1:1/", password_file=None)
+    assert result["failed"] is True and result["error"] == "BrokerUnreachable"
+    assert github.statuses(REPO, SHA) == []
+
+
+def test_github_errors_fail_clearly(scan, github):
+    github.add_pull(REPO, 4, SHA)
+    github.inject("GET", r"/commits/.*/status$", 404)
+    result = scan(repo=REPO, pull=4)
+    assert result["failed"] is True and result["http_status"] == 404
+    assert github.token not in json.dumps(result)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"repo": "not-a-repo"}, "repo must be a GitHub repository as 'owner/name', not 'not-a-repo'"),
+    ({"repo": REPO, "sha": "abc"}, "sha must be a full commit hash"),
+    ({"repo": REPO, "ref": "refs/tags/v1"}, "ref must be a branch (main or refs/heads/main), not 'refs/tags/v1'"),
+    ({"repo": REPO, "commands": [{"command": "retest", "user": "x"}]},
+     "commands apply to one pull request (pull) or one branch (ref)"),
+    ({"repo": REPO, "pull": 4, "commands": [{"command": "retest", "user": "x", "created_at": "yesterday"}]},
+     "commands: created_at must be an ISO 8601 time"),
+    ({"pull": 4}, "missing parameter(s) required by 'pull': repo"),
+    ({"repo": REPO, "pull": 4, "sha": SHA}, "parameters are mutually exclusive: pull|sha"),
+])
+def test_bad_options_fail_before_anything_is_read(scan, github, options, message):
+    result = scan(**options)
+    assert result["failed"] is True
+    assert message in result["msg"]
+    assert github.requests == []
+
+
+def test_a_bad_test_map_is_reported_with_its_key_path(scan, github, tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("repos:\n  org/proj:\n    branches:\n      main: [{context: a, queu: x}]\n")
+    result = scan(repo=REPO, testmap=str(bad))
+    assert result["failed"] is True
+    assert result["msg"] == "%s: repos.org/proj.branches.main[0].queu: unknown key (did you mean 'queue'?)" % bad
