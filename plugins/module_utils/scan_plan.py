@@ -30,8 +30,9 @@ Rules, per context (``docs/statuses.md`` has the table):
   instead (unless it has it already), until the commit is approved: a ``/approve`` (or a
   ``/retest``) from a user with write permission, or any testfleet status other than
   ``approval`` on one of the commit's contexts (so a new push needs a new approval);
-- ``/retest`` (all contexts, or the named ones, manual ones included) from a user with write
-  permission queues attempt+1 even when finished (or given up); a /retest without names
+- ``/retest`` (the automatic contexts that ended in failure or error, or the named ones whatever
+  their state, manual ones included) from a user with write permission queues attempt+1 even
+  when finished (or given up); a /retest without names
   covers the automatic contexts, manual ones run only when named. It does not touch a context
   that is queued or running within its deadline, nor a pending status testfleet did not write,
   nor a context whose status was written after the command (``created_at``): a command
@@ -159,12 +160,21 @@ def _updated(status):
         return None
 
 
+def _last_kind(status):
+    """The vocabulary kind of a status (GitHub's state for someone else's), or None."""
+    if not status:
+        return None
+    parsed = vocabulary.parse(status)
+    return parsed.kind if parsed else status.get("state")
+
+
 def _retest_for(name, retests, status, automatic):
     """The /retest command that applies to context ``name`` now, or None."""
     for command in retests:
         if command["contexts"] and name not in command["contexts"]:
             continue
-        if not command["contexts"] and not automatic:
+        # a bare /retest re-runs what failed or broke; named contexts run whatever their state
+        if not command["contexts"] and (not automatic or _last_kind(status) not in ("failure", "error")):
             continue
         updated = _updated(status) if status else None
         if command["created_at"] and updated and updated >= command["created_at"]:
