@@ -15,6 +15,12 @@ runs in a private data dir ``<work_dir>/slot-<n>/<job-id>.<random>/`` that is re
 job, with the job as extra vars and the callback ``testfleet.infra.job_log`` writing the log
 folder to a spool in the private data dir. After the playbook, the whole folder is stored
 again from the spool (the callback could have been killed), ``result.json`` last.
+
+A test job that the scanner queued (``report.github``) is reported to GitHub through
+``job_report.GitHubReporter``: skipped when its context shows that a newer attempt replaced it
+or that it already ran, ``running`` when its playbook starts, the outcome once its log folder
+is stored (a failed post requeues the delivery, whose next worker posts the stored result), and
+cancelled as ``superseded`` when its pull request moves on or closes.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     HAS_RUNNER = False
     RUNNER_IMPORT_ERROR = exc
 
+from ansible_collections.testfleet.infra.plugins.module_utils import job_report
 from ansible_collections.testfleet.infra.plugins.module_utils import logstore
 
 LOG = logging.getLogger("testfleet.worker")
@@ -46,7 +53,7 @@ COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspat
 COLLECTIONS_PATH = os.path.dirname(os.path.dirname(os.path.dirname(COLLECTION_ROOT)))
 PLAYBOOK_DIR = os.path.join(COLLECTION_ROOT, "playbooks", "jobs")
 CALLBACK = "testfleet.infra.job_log"
-TERMINAL = ("success", "failure")
+TERMINAL = ("success", "failure", "superseded")
 
 
 def playbook_for(kind):
@@ -66,7 +73,8 @@ class JobSettings:
     """What every job of a worker slot shares (from the config file)."""
 
     def __init__(self, work_dir, host, slot, store, store_settings, default_timeout=7200, clone_url=None,
-                 flush_interval=2.0, flush_bytes=65536, upload_timeout=60.0, retry_delay=10.0, pexpect_timeout=0.5):
+                 flush_interval=2.0, flush_bytes=65536, upload_timeout=60.0, retry_delay=10.0, pexpect_timeout=0.5,
+                 config_path=None, reporter=None):
         self.work_dir = work_dir
         self.host = host
         self.slot = slot
@@ -79,6 +87,8 @@ class JobSettings:
         self.upload_timeout = upload_timeout
         self.retry_delay = retry_delay
         self.pexpect_timeout = pexpect_timeout
+        self.config_path = config_path      # handed to job playbooks (the scan reads it)
+        self.reporter = reporter            # job_report.GitHubReporter, or None (no forge section)
 
     @property
     def slot_dir(self):
@@ -105,6 +115,8 @@ class JobRun:
         self.clock = clock
         self.timeout = int(job.get("timeout") or settings.default_timeout)
         self.cancel_reason = None
+        self.superseded_reason = None
+        self.github = job_report.github_report(job) if settings.reporter is not None else None
         self.started = None
         self.runner_started = None
         self.action = None          # "ack" or "requeue" once done
@@ -175,8 +187,20 @@ class JobRun:
                 LOG.warning("job %s: cannot read its stored result (%s): running it", job_id, exc)
             if is_done(previous):
                 LOG.info("job %s: redelivered, but its result (%s) is stored: not running it again", job_id, previous["outcome"])
-                self._settle("ack", "duplicate", previous)
+                self._settle(self._report_finished(previous, "ack"), "duplicate", previous)
                 return
+        if self.github is not None:
+            try:
+                stale = self.settings.reporter.stale(self.job, self.redelivered)
+            except Exception as exc:  # GitHub unreachable: run it; the statuses may lag
+                stale = None
+                LOG.warning("job %s: cannot read its GitHub status (%s): running it", job_id, exc)
+            if stale:
+                LOG.info("job %s: not running it: %s", job_id, stale)
+                self._settle("ack", "stale", {"outcome": "stale", "reason": stale})
+                return
+        elif job_report.github_report(self.job) is not None:
+            LOG.warning("job %s: asks for GitHub statuses, but this worker's config has no forge section", job_id)
         start = time.time()
         try:
             os.makedirs(self.settings.slot_dir, mode=0o700, exist_ok=True)
@@ -206,11 +230,49 @@ class JobRun:
             LOG.error("job %s: its log folder could not be stored (%s); it is kept in %s", job_id, error, self._keep_unsent(spool))
         if action == "requeue":
             self._infra_pause()
+        if action == "ack":
+            action = self._report_finished(result, action)
         self._settle(action, result["outcome"], result)
+
+    def _report_finished(self, result, action):
+        """Post the job's outcome; a failed post turns ``ack`` into ``requeue`` (never a lost status)."""
+        if self.github is None:
+            return action
+        try:
+            self.settings.reporter.finished(self.job, result)
+        except Exception as exc:
+            LOG.error("job %s: cannot post its outcome to GitHub (%s); the job is requeued so that the next "
+                      "worker posts its stored result", self.job["id"], exc)
+            self._infra_pause()
+            return "requeue"
+        return action
+
+    def _report_running(self):
+        if self.github is None:
+            return
+        try:
+            self.settings.reporter.running(self.job, self.timeout, self.settings.store.location(self.job["id"], logstore.VIEWER))
+        except Exception as exc:
+            LOG.warning("job %s: cannot post its running status to GitHub (%s)", self.job["id"], exc)
+
+    def _watch_pull(self):
+        """Cancel the job (``superseded``) once its pull request closed or moved on; a thread."""
+        reporter = self.settings.reporter
+        while not self._stop_wait.wait(reporter.check_interval) and not self.done.is_set():
+            try:
+                reason = reporter.superseded(self.job)
+            except Exception as exc:
+                LOG.warning("job %s: cannot check its pull request (%s)", self.job["id"], exc)
+                continue
+            if reason:
+                LOG.info("job %s: superseded (%s): stopping its playbook", self.job["id"], reason)
+                self.superseded_reason = reason
+                self.cancel("superseded")
+                return
 
     def _infra_pause(self):
         """Wait a little before an infrastructure error is requeued (no hot retry loop)."""
-        if self.cancel_reason != "stop" and self.settings.retry_delay > 0:
+        if self.cancel_reason not in ("stop", "superseded") and self.settings.retry_delay > 0:
             self._stop_wait.wait(self.settings.retry_delay)
 
     def _run_playbook(self, spool_dir):
@@ -252,6 +314,11 @@ class JobRun:
         })
         if settings.clone_url:
             extravars["testfleet_clone_url_template"] = settings.clone_url
+        if settings.config_path:
+            extravars["testfleet_config"] = settings.config_path
+        self._report_running()
+        if self.github is not None and self.job.get("pull"):
+            threading.Thread(target=self._watch_pull, name="testfleet-watch-%s" % job_id, daemon=True).start()
         self.runner_started = self.clock()
         LOG.info("job %s: running %s (timeout %d s, delivery %d)", job_id, os.path.basename(playbook), self.timeout, self.delivery)
         try:
@@ -288,6 +355,9 @@ class JobRun:
             reason = "timed out after %d s" % self.timeout
             result.update(outcome="error", reason=reason, retry=False)
             return result, "ack", reason
+        if self.cancel_reason == "superseded":
+            result.update(outcome="superseded", reason=self.superseded_reason, retry=False)
+            return result, "ack", "superseded: %s" % self.superseded_reason
         if self.cancel_reason == "stop":
             reason = "the worker was stopped during the job; the job was requeued"
             result.update(outcome="error", reason=reason, retry=True)
