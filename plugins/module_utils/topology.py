@@ -14,14 +14,22 @@ The description (every key optional; these are the defaults, ``DEFAULT_TOPOLOGY`
                                         # goes to the dead-letter queue
     queues: [events, tests.public, tests.internal, images, releases]
                                         # work queues; each a name, or a mapping
-                                        # {name: ..., delivery_limit: ...}
+                                        # {name: ..., delivery_limit: ...,
+                                        #  single_active_consumer: ...}
+
+``single_active_consumer`` (``x-single-active-consumer``) makes the broker deliver a queue's
+messages to one consumer at a time, however many are subscribed; the others take over when it
+goes away. It defaults to true for the queue named ``events`` (``SCAN_QUEUE``: webhook deliveries
+and scan jobs, whose scans must never run concurrently: two concurrent scans could both queue
+the same test context) and to false for every other queue.
 
 Unknown keys are refused. Names are 1-255 characters of letters, digits, ``.``, ``_``, ``:``
 and ``-`` and must not start with ``amq.`` (RabbitMQ reserves it).
 
 :func:`expand` turns a description into explicit ``exchanges``, ``queues`` (every one a durable
 quorum queue; work queues carry ``x-dead-letter-exchange``, ``x-delivery-limit`` and the
-at-least-once dead-letter strategy, the dead-letter queue none of them) and ``bindings``. :func:`ensure_queue` makes one queue usable (its
+at-least-once dead-letter strategy, plus ``x-single-active-consumer`` when set; the
+dead-letter queue none of them) and ``bindings``. :func:`ensure_queue` makes one queue usable (its
 exchanges, the dead-letter queue, the queue and its binding); :func:`apply_topology` declares a
 whole expanded topology and reports what it created. Neither ever deletes anything: RabbitMQ
 cannot change the arguments of an existing queue, so a conflict raises :class:`TopologyMismatch`
@@ -44,7 +52,10 @@ DEFAULT_TOPOLOGY = {
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,255}$")
 NAME_RULE = "a name of 1-255 letters, digits, '.', '_', ':' or '-', not starting with 'amq.'"
-QUEUE_KEYS = ("name", "delivery_limit")
+QUEUE_KEYS = ("name", "delivery_limit", "single_active_consumer")
+# The queue whose consumers must take turns (x-single-active-consumer) unless it says otherwise.
+SCAN_QUEUE = "events"
+SINGLE_ACTIVE_CONSUMER = "x-single-active-consumer"
 
 _INEQUIVALENT_RE = re.compile(
     r"inequivalent arg '(?P<argument>[^']*)' for (?P<kind>queue|exchange) '(?P<name>[^']*)' "
@@ -86,13 +97,14 @@ def _check_limit(key, value):
 
 
 def _queue_entry(index, entry, default_limit):
-    """Return (name, delivery_limit) for one item of ``queues``."""
+    """Return (name, delivery_limit, single_active_consumer) for one item of ``queues``."""
     key = "queues[%d]" % index
     if isinstance(entry, str):
-        return _check_name(key, entry), default_limit
+        name = _check_name(key, entry)
+        return name, default_limit, name == SCAN_QUEUE
     if not isinstance(entry, dict):
-        raise TopologyError(key, "must be a queue name or a mapping with 'name' and "
-                                 "'delivery_limit', got %r" % (entry,))
+        raise TopologyError(key, "must be a queue name or a mapping with the keys %s, got %r"
+                            % (", ".join(QUEUE_KEYS), entry))
     unknown = sorted((k for k in entry if k not in QUEUE_KEYS), key=str)
     if unknown:
         raise TopologyError("%s.%s" % (key, unknown[0]),
@@ -101,7 +113,10 @@ def _queue_entry(index, entry, default_limit):
         raise TopologyError(key + ".name", "is required")
     name = _check_name(key + ".name", entry["name"])
     limit = _check_limit(key + ".delivery_limit", entry.get("delivery_limit", default_limit))
-    return name, limit
+    single = entry.get("single_active_consumer", name == SCAN_QUEUE)
+    if not isinstance(single, bool):
+        raise TopologyError(key + ".single_active_consumer", "must be true or false, got %r" % (single,))
+    return name, limit, single
 
 
 def expand(description=None):
@@ -131,15 +146,18 @@ def expand(description=None):
     queues = [{"name": dlq, "durable": True, "arguments": {"x-queue-type": "quorum"}}]
     bindings = [{"exchange": dlx, "queue": dlq, "routing_key": ""}]
     for index, entry in enumerate(merged["queues"]):
-        name, limit = _queue_entry(index, entry, default_limit)
+        name, limit, single = _queue_entry(index, entry, default_limit)
         if name in (q["name"] for q in queues):
             raise TopologyError("queues[%d]" % index, "repeats the queue name %r (already the "
                                 "dead-letter queue or an earlier entry)" % name)
-        queues.append({"name": name, "durable": True, "arguments": {
+        arguments = {
             "x-queue-type": "quorum", "x-dead-letter-exchange": dlx, "x-delivery-limit": limit,
             # Dead-letter at least once: a message leaves the work queue only after the
             # dead-letter queue confirmed it (needs the reject-publish overflow behaviour).
-            "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}})
+            "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+        if single:
+            arguments[SINGLE_ACTIVE_CONSUMER] = True
+        queues.append({"name": name, "durable": True, "arguments": arguments})
         bindings.append({"exchange": exchange, "queue": name, "routing_key": name})
     return {
         "exchanges": [{"name": dlx, "type": "fanout", "durable": True},
@@ -175,6 +193,9 @@ def _mismatch_text(mismatch):
                "to another queue with a shovel), delete it (rabbitmqctl delete_queue "
                "-p %(vhost)s %(name)s), apply the topology again and move the saved messages back."
                % mismatch)
+        if mismatch["name"] == SCAN_QUEUE:
+            fix += (" Its messages (webhook deliveries and scan jobs) need not be kept: once the "
+                    "queue exists again, `testfleet scan` re-derives all missing work from GitHub.")
     else:
         fix = ("RabbitMQ cannot change an existing exchange and testfleet never deletes one. To "
                "migrate: delete exchange %(name)r (it holds no messages; e.g. "

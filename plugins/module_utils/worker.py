@@ -8,9 +8,12 @@ process per slot (the role installs the systemd template unit ``testfleet-worker
 
 What it does, in order, for each delivery (prefetch 1):
 
-1. decodes and validates the job (``jobs.py``); an invalid job, or a kind without a
-   ``playbooks/jobs/<kind>.yml``, is published to the dead-letter exchange with the header
-   ``x-testfleet-reason`` (publisher confirm first) and then acked: never retried, never lost;
+1. decodes and validates the job (``jobs.py``); a webhook delivery (``{"delivery", "event",
+   "payload", ...}``, on the ``events`` queue) is turned into the scan job it calls for
+   (``events.py``), or acked with a log line saying why it is ignored. An invalid job or
+   delivery, or a kind without a ``playbooks/jobs/<kind>.yml``, is published to the
+   dead-letter exchange with the header ``x-testfleet-reason`` (publisher confirm first) and
+   then acked: never retried, never lost;
 2. runs the job (``worker_job.JobRun``) in a thread while the main thread keeps the connection
    serviced, so heartbeats flow however long the job runs;
 3. acks only after the playbook finished and its log folder and ``result.json`` are stored (or
@@ -28,6 +31,12 @@ Signals: SIGTERM (or SIGINT) drains: the worker takes no new job, finishes the c
 exits 0. A second SIGTERM, or ``worker.drain_timeout`` seconds after the first, cancels the
 current job and requeues it. SIGKILL loses nothing: the broker redelivers the unacked job to
 another worker, and the job's playbook stops itself when it sees the worker gone.
+
+A queue with ``x-single-active-consumer`` (``events``: scans must never run concurrently) feeds
+one consumer of the fleet at a time. While a job from such a queue runs, the worker stays
+subscribed to it (its prefetch of 1 is taken by that job, so nothing more arrives) even when it
+pauses its other queues or drains: cancelling that consumer would let the broker hand the next
+message to another worker at once, while this job still runs.
 
 When the broker goes away the worker reconnects with exponential backoff (1 s doubling to
 30 s, with jitter), and keeps a running job running meanwhile: its delivery is lost with the
@@ -57,6 +66,7 @@ except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
 
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
+from ansible_collections.testfleet.infra.plugins.module_utils import events
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
 from ansible_collections.testfleet.infra.plugins.module_utils import logstore
 from ansible_collections.testfleet.infra.plugins.module_utils import topology as topology_lib
@@ -179,7 +189,11 @@ class Worker:
         self.queues = list(worker["queues"])
         self.host = worker.get("host_name") or socket.gethostname()
         self.topology = cfg.config.topology
-        self.dead_letter_exchange = topology_lib.expand(self.topology)["exchanges"][0]["name"]
+        expanded = topology_lib.expand(self.topology)
+        self.dead_letter_exchange = expanded["exchanges"][0]["name"]
+        # queues whose consumers take turns: keep consuming them while their job runs
+        self.single_active = set(q["name"] for q in expanded["queues"]
+                                 if q["arguments"].get(topology_lib.SINGLE_ACTIVE_CONSUMER))
         self.settings = cfg.config.amqp_settings(connection_name="testfleet-worker %s/%s" % (self.host, slot))
         store = logstore.open_store(**cfg.log_store)
         self.job_settings = JobSettings(
@@ -194,9 +208,9 @@ class Worker:
         self.connection = None
         self.channel = None
         self.publisher = None
-        self.consumer_tags = []
+        self.consumer_tags = {}      # queue -> consumer tag
         self.deliveries = collections.deque()
-        self.current = None          # (JobRun, channel, delivery tag, kind)
+        self.current = None          # (JobRun, channel, delivery tag, kind, queue)
         self.stopping = False
         self.stop_signals = 0
         self.drain_deadline = None
@@ -241,7 +255,7 @@ class Worker:
     def _drop_connection(self, why):
         LOG.warning("lost the broker connection (%s); reconnecting", why)
         connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
-        self.consumer_tags = []
+        self.consumer_tags = {}
         # deliveries not started belong to the lost channel: the broker requeued them
         self.deliveries.clear()
         try:
@@ -256,16 +270,29 @@ class Worker:
         self.next_connect = time.monotonic() + self.backoff * random.uniform(0.8, 1.2)
 
     def _consume(self):
-        if self.consumer_tags or self.channel is None:
+        if self.channel is None:
             return
         for queue in self.queues:
-            self.consumer_tags.append(self.channel.basic_consume(queue, self._on_message, auto_ack=False))
+            if queue not in self.consumer_tags:
+                self.consumer_tags[queue] = self.channel.basic_consume(queue, self._on_message, auto_ack=False)
 
-    def _pause(self):
-        """Take no more deliveries (pika nacks those received but not yet dispatched)."""
-        tags, self.consumer_tags = self.consumer_tags, []
-        for tag in tags:
-            self.channel.basic_cancel(tag)
+    def _pause(self, keep=None):
+        """Take no more deliveries (pika nacks those received but not yet dispatched), except
+        from the queue ``keep`` (see the module docstring: single-active-consumer queues)."""
+        for queue in [q for q in self.consumer_tags if q != keep]:
+            self.channel.basic_cancel(self.consumer_tags.pop(queue))
+
+    def _kept_queue(self):
+        """The single-active-consumer queue of the running job, which stays subscribed."""
+        if self.current is not None and self.current[4] in self.single_active:
+            return self.current[4]
+        return None
+
+    def _queue_of(self, method):
+        for queue, tag in self.consumer_tags.items():
+            if tag == method.consumer_tag:
+                return queue
+        return method.routing_key
 
     def _on_message(self, channel, method, properties, body):
         self.deliveries.append((channel, method, properties, body))
@@ -296,28 +323,38 @@ class Worker:
 
     def _take(self, delivery):
         channel, method, properties, body = delivery
+        queue = self._queue_of(method)
         try:
-            job = jobs.decode_job(body)
-            if playbook_for(job["kind"]) is None:
+            job, why = events.job_for_message(body)
+            if job is not None and playbook_for(job["kind"]) is None:
                 raise jobs.JobError("kind", "names no job playbook: this collection has no playbooks/jobs/%s.yml" % job["kind"])
-        except jobs.JobError as exc:
+        except (jobs.JobError, events.InvalidDelivery) as exc:
             self._dead_letter(channel, method, properties, body, str(exc))
             return
+        if job is None:
+            channel.basic_ack(method.delivery_tag)
+            LOG.info("webhook delivery %s from %s: ignored, acked: %s", properties.message_id or "(no id)", queue, why)
+            self.metrics.job_finished("delivery", "ignored")
+            return
+        if why:
+            LOG.info("webhook delivery %s from %s: %s: runs as job %s", properties.message_id or "(no id)", queue, why, job["id"])
         headers = properties.headers or {}
         delivery_count = int(headers.get("x-delivery-count") or 0) + 1
-        if len(self.queues) > 1:
-            self._pause()
         run = JobRun(job, self.job_settings, delivery=delivery_count, redelivered=bool(method.redelivered), wake=self._wake)
-        self.current = (run, channel, method.delivery_tag, job["kind"])
-        LOG.info("job %s (%s) from %s: started (delivery %d)", job["id"], job["kind"], method.routing_key, delivery_count)
+        self.current = (run, channel, method.delivery_tag, job["kind"], queue)
+        if len(self.queues) > 1:
+            self._pause(keep=self._kept_queue())
+        LOG.info("job %s (%s) from %s: started (delivery %d)", job["id"], job["kind"], queue, delivery_count)
         self.metrics.job_started(job["id"], job["kind"])
         run.start()
 
     def _finish(self):
-        run, channel, tag, kind = self.current
+        run, channel, tag, kind, queue = self.current
         self.current = None
         job_id = run.job["id"]
         action = run.action or "requeue"
+        if self.stopping and queue in self.consumer_tags and channel is self.channel and channel.is_open:
+            self._pause()  # unsubscribe before the ack, or the broker sends this worker the next message
         if channel is not self.channel or channel is None or not channel.is_open:
             LOG.warning("job %s: its delivery was lost with the broker connection; the broker redelivers it (%s)",
                         job_id, "its result is stored, so the copy is not run again" if run.stored and action == "ack" else "it runs again")
@@ -350,10 +387,11 @@ class Worker:
 
     def _step(self):
         """One turn of the loop; raise pika connection errors to the caller."""
-        if self.stopping and self.consumer_tags:
+        if self.stopping and not self.metrics.draining:
             LOG.info("stopping: taking no new job%s", "; the current job finishes first" if self.current else "")
             self.metrics.set("draining", 1)
-            self._pause()
+        if self.stopping and set(self.consumer_tags) - {self._kept_queue()}:
+            self._pause(keep=self._kept_queue())
         if self.stopping:
             while self.deliveries:
                 channel, method = self.deliveries.popleft()[:2]

@@ -61,8 +61,14 @@ options:
       queues:
         description:
           - The work queues, each bound to O(topology.exchange) with its name as routing key.
-          - Each item is a queue name, or a mapping with the keys C(name) (required) and
-            C(delivery_limit) (overrides O(topology.delivery_limit) for that queue).
+          - Each item is a queue name, or a mapping with the keys C(name) (required),
+            C(delivery_limit) (overrides O(topology.delivery_limit) for that queue) and
+            C(single_active_consumer) (a boolean).
+          - C(single_active_consumer) sets C(x-single-active-consumer) on the queue, so that the
+            broker delivers its messages to one consumer at a time, however many are subscribed,
+            and another takes over when that one goes away. It defaults to V(true) for the queue
+            named C(events) (webhook deliveries and scan jobs, whose scans must never run
+            concurrently) and to V(false) for every other queue.
         type: list
         elements: raw
         default: [events, tests.public, tests.internal, images, releases]
@@ -73,6 +79,8 @@ notes:
     without being reported.
   - The user needs the C(configure) and C(write) permissions on the objects and C(read) on the
     queues (to bind them).
+  - Turning C(single_active_consumer) on or off for an existing queue changes its arguments,
+    which RabbitMQ cannot do, so the module fails and explains how to migrate the queue.
 attributes:
   action_group:
     description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
@@ -107,6 +115,14 @@ EXAMPLES = r"""
         - name: images
           delivery_limit: 10
         - releases
+
+- name: A topology whose scan queue has another name (its consumers take turns)
+  testfleet.infra.amqp_topology:
+    topology:
+      queues:
+        - name: ci-events
+          single_active_consumer: true
+        - tests.public
 """
 
 RETURN = r"""
@@ -146,7 +162,8 @@ topology:
       sample:
         - name: events
           durable: true
-          arguments: {x-queue-type: quorum, x-dead-letter-exchange: testfleet.dead-letter, x-delivery-limit: 5}
+          arguments: {x-queue-type: quorum, x-dead-letter-exchange: testfleet.dead-letter, x-delivery-limit: 5,
+                      x-dead-letter-strategy: at-least-once, x-overflow: reject-publish, x-single-active-consumer: true}
     bindings:
       description: Bindings with C(exchange), C(queue) and C(routing_key).
       type: list

@@ -115,3 +115,61 @@ def test_ensure_queue_reports_a_mismatch(topology, broker, vhost):
         ensure_queue(broker.channel(), changed, work["name"])
     assert info.value.mismatches == [{"kind": "queue", "name": work["name"], "vhost": vhost,
                                       "argument": "x-delivery-limit", "broker": "2", "wanted": "3"}]
+
+
+def test_turning_on_single_active_consumer_is_a_mismatch_that_says_how_to_migrate(
+        run_module, amqp_options, topology, broker, inspect, vhost):
+    expanded = expand(topology)
+    work = expanded["queues"][1]["name"]
+    run_module("amqp_topology", dict(amqp_options, topology=topology))  # the queue without the argument
+    ConfirmedPublisher(broker).publish(topology["exchange"], work, b"kept")
+    wanted = dict(topology, queues=[{"name": work, "single_active_consumer": True}] + topology["queues"][1:])
+    result = run_module("amqp_topology", dict(amqp_options, topology=wanted))
+    assert result["failed"] is True
+    assert result["mismatches"] == [{"kind": "queue", "name": work, "vhost": vhost,
+                                     "argument": "x-single-active-consumer", "broker": None, "wanted": "true"}]
+    assert result["msg"].startswith("queue %r already exists with different settings: x-single-active-consumer "
+                                    "is not set on the broker, the topology wants 'true'." % work)
+    assert "rabbitmqctl delete_queue -p %s %s" % (vhost, work) in result["msg"]
+    assert inspect.message_count(work) == 1  # left alone
+
+
+def test_a_single_active_consumer_queue_feeds_one_consumer_at_a_time(amqp_settings, topology, broker):
+    from ansible_collections.testfleet.infra.plugins.module_utils import amqp
+
+    work = expand(topology)["queues"][1]["name"]
+    single = dict(topology, queues=[{"name": work, "single_active_consumer": True}])
+    queue = ensure_queue(broker.channel(), single, work)
+    assert queue["arguments"]["x-single-active-consumer"] is True
+    publisher = ConfirmedPublisher(broker)
+    for number in range(4):
+        publisher.publish(topology["exchange"], work, b"m%d" % number)
+    connections = [amqp.connect(amqp_settings) for dummy in range(2)]
+    try:
+        got = [[], []]
+        channels = []
+        for index, connection in enumerate(connections):
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=1)
+            channel.basic_consume(work, lambda ch, method, props, body, index=index: got[index].append(method.delivery_tag))
+            channels.append(channel)
+        for dummy in range(20):
+            for connection in connections:
+                connection.process_data_events(0.05)
+        # the first consumer holds one unacked message; the second gets none meanwhile
+        assert (len(got[0]), len(got[1])) == (1, 0)
+        channels[0].basic_ack(got[0][0])
+        for dummy in range(20):
+            for connection in connections:
+                connection.process_data_events(0.05)
+        assert (len(got[0]), len(got[1])) == (2, 0)
+        connections[0].close()  # the active consumer goes away: the other one takes over
+        for dummy in range(40):
+            connections[1].process_data_events(0.05)
+            if got[1]:
+                break
+        assert len(got[1]) == 1
+    finally:
+        for connection in connections:
+            if connection.is_open:
+                connection.close()

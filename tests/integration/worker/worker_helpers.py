@@ -46,7 +46,7 @@ def subprocess_env(**extra):
 class Broker:
     """A test's own topology on the shared broker, and helpers to publish and inspect it."""
 
-    def __init__(self, amqp_settings, prefix, delivery_limit=3):
+    def __init__(self, amqp_settings, prefix, delivery_limit=3, extra_queues=()):
         from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 
         self.amqp = amqp
@@ -60,12 +60,14 @@ class Broker:
             "dead_letter_exchange": prefix + ".dlx",
             "dead_letter_queue": self.dead_letter_queue,
             "delivery_limit": delivery_limit,
-            "queues": [self.queue, self.other_queue],
+            "queues": [self.queue, self.other_queue] + list(extra_queues),
         }
+        # more topology entries (names or mappings), e.g. a single-active-consumer queue
+        self.extra_queues = [q if isinstance(q, str) else q["name"] for q in extra_queues]
         self.connection = amqp.connect(amqp_settings)
         from ansible_collections.testfleet.infra.plugins.module_utils import topology
 
-        for queue in (self.queue, self.other_queue):
+        for queue in [self.queue, self.other_queue] + self.extra_queues:
             topology.ensure_queue(self.connection.channel(), self.topology, queue)
         self.publisher = amqp.ConfirmedPublisher(self.connection)
 
@@ -98,7 +100,7 @@ class Broker:
             if not self.connection.is_open:
                 self.connection = self.amqp.connect(self.settings)
             channel = self.connection.channel()
-            for queue in (self.queue, self.other_queue, self.dead_letter_queue):
+            for queue in [self.queue, self.other_queue, self.dead_letter_queue] + self.extra_queues:
                 channel.queue_delete(queue)
             for exchange in (self.topology["exchange"], self.topology["dead_letter_exchange"]):
                 channel.exchange_delete(exchange)
@@ -110,11 +112,11 @@ class Broker:
 class WorkerProcess:
     """``testfleet-worker --config FILE --slot N`` as a child process, its log in a file."""
 
-    def __init__(self, config_path, slot, log_path):
+    def __init__(self, config_path, slot, log_path, program=WORKER_BIN, env=None):
         self.log_path = log_path
         self.handle = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, str(WORKER_BIN), "--config", str(config_path), "--slot", str(slot)],
-                                     stdout=self.handle, stderr=subprocess.STDOUT, env=subprocess_env(),
+        self.proc = subprocess.Popen([sys.executable, str(program), "--config", str(config_path), "--slot", str(slot)],
+                                     stdout=self.handle, stderr=subprocess.STDOUT, env=subprocess_env(**(env or {})),
                                      start_new_session=True)
 
     @property

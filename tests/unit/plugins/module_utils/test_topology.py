@@ -10,9 +10,12 @@ from ansible_collections.testfleet.infra.plugins.module_utils.topology import (
 WORK_QUEUES = ["events", "tests.public", "tests.internal", "images", "releases"]
 
 
-def work_arguments(limit=5, dlx="testfleet.dead-letter"):
-    return {"x-queue-type": "quorum", "x-dead-letter-exchange": dlx, "x-delivery-limit": limit,
-            "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+def work_arguments(limit=5, dlx="testfleet.dead-letter", single_active_consumer=False):
+    arguments = {"x-queue-type": "quorum", "x-dead-letter-exchange": dlx, "x-delivery-limit": limit,
+                 "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+    if single_active_consumer:
+        arguments["x-single-active-consumer"] = True
+    return arguments
 
 
 @pytest.mark.parametrize("description", [None, {}, copy.deepcopy(DEFAULT_TOPOLOGY)])
@@ -21,7 +24,8 @@ def test_the_defaults(description):
         "exchanges": [{"name": "testfleet.dead-letter", "type": "fanout", "durable": True},
                       {"name": "testfleet", "type": "direct", "durable": True}],
         "queues": [{"name": "dead-letter", "durable": True, "arguments": {"x-queue-type": "quorum"}}]
-        + [{"name": name, "durable": True, "arguments": work_arguments()} for name in WORK_QUEUES],
+        + [{"name": name, "durable": True, "arguments": work_arguments(single_active_consumer=name == "events")}
+           for name in WORK_QUEUES],
         "bindings": [{"exchange": "testfleet.dead-letter", "queue": "dead-letter", "routing_key": ""}]
         + [{"exchange": "testfleet", "queue": name, "routing_key": name} for name in WORK_QUEUES],
     }
@@ -51,6 +55,20 @@ def test_overrides():
         "ci.dlx[] -> ci.dead", "ci[a] -> a", "ci[b] -> b", "ci[c] -> c"]
 
 
+def test_single_active_consumer_is_on_for_events_by_default_and_can_be_set_per_queue():
+    def arguments(queues):
+        return dict((q["name"], q["arguments"].get("x-single-active-consumer", False))
+                    for q in expand({"queues": queues})["queues"][1:])
+
+    assert arguments(["events", "tests.public"]) == {"events": True, "tests.public": False}
+    assert arguments([{"name": "events"}, {"name": "other"}]) == {"events": True, "other": False}
+    assert arguments([{"name": "events", "single_active_consumer": False},
+                      {"name": "scans", "single_active_consumer": True}]) == {"events": False, "scans": True}
+    # off means the argument is absent (RabbitMQ compares arguments: none is not false)
+    queue = expand({"queues": [{"name": "events", "single_active_consumer": False}]})["queues"][1]
+    assert "x-single-active-consumer" not in queue["arguments"]
+
+
 @pytest.mark.parametrize("description,key,problem", [
     ([], "(topology)", "must be a mapping"),
     ({"queue": ["a"]}, "queue", "is not a topology key (known keys: exchange, dead_letter_exchange"),
@@ -74,6 +92,8 @@ def test_overrides():
     ({"queues": [{"name": "a", "limit": 2}]}, "queues[0].limit", "is not a queue key"),
     ({"queues": [{"name": "a", "delivery_limit": -1}]}, "queues[0].delivery_limit",
      "must be a positive integer"),
+    ({"queues": [{"name": "a", "single_active_consumer": "yes"}]}, "queues[0].single_active_consumer",
+     "must be true or false, got 'yes'"),
     ({"queues": ["a", {"name": "a"}]}, "queues[1]", "repeats the queue name 'a'"),
     ({"queues": ["dead-letter"]}, "queues[0]", "repeats the queue name 'dead-letter'"),
 ])
@@ -108,6 +128,25 @@ def test_inequivalent_queue_arguments_are_parsed(text, argument, broker, wanted)
     assert "not set" in message if broker is None else repr(broker) in message
     assert "cannot change the arguments of an existing queue" in message
     assert "rabbitmqctl delete_queue -p / events" in message
+
+
+def test_a_single_active_consumer_mismatch_on_events_says_how_to_migrate():
+    # the reply of RabbitMQ 3.10.8 when events exists without the argument
+    error = broker_error("queue", "events", closed(
+        406, "PRECONDITION_FAILED - inequivalent arg 'x-single-active-consumer' for queue 'events' in "
+             "vhost 'testfleet': received the value 'true' of type 'bool' but current is none"))
+    assert error.mismatches == [{"kind": "queue", "name": "events", "vhost": "testfleet",
+                                 "argument": "x-single-active-consumer", "broker": None, "wanted": "true"}]
+    message = str(error)
+    assert message.startswith("queue 'events' already exists with different settings: x-single-active-consumer "
+                              "is not set on the broker, the topology wants 'true'. ")
+    assert "rabbitmqctl delete_queue -p testfleet events" in message
+    assert "`testfleet scan` re-derives all missing work from GitHub" in message
+    # other queues are not told that their messages may be dropped
+    other = str(broker_error("queue", "tests.public", closed(
+        406, "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'tests.public' in vhost '/':"
+             " received '6' but current is '5'")))
+    assert "testfleet scan" not in other
 
 
 def test_an_exchange_mismatch_explains_its_own_migration():
