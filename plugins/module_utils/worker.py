@@ -67,6 +67,8 @@ except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
 from ansible_collections.testfleet.infra.plugins.module_utils import events
+from ansible_collections.testfleet.infra.plugins.module_utils import forge
+from ansible_collections.testfleet.infra.plugins.module_utils import job_report
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
 from ansible_collections.testfleet.infra.plugins.module_utils import logstore
 from ansible_collections.testfleet.infra.plugins.module_utils import topology as topology_lib
@@ -178,6 +180,16 @@ def load_config(path):
     return WorkerConfig(config, worker, store)
 
 
+def github_reporter(cfg, host_label):
+    """The GitHub reporter of test jobs when the config has a ``forge`` section, else None."""
+    if "forge" not in cfg.config.given:
+        return None
+    forge_section = cfg.config.section("forge")
+    client = forge.ForgeClient(api_url=forge_section["api_url"], token_file=forge_section["token_file"],
+                               etag_cache_dir=os.path.join(cfg.worker["work_dir"], "forge-cache"))
+    return job_report.GitHubReporter(client, host_label)
+
+
 class Worker:
     """One worker slot: the consumer loop. ``run()`` returns the exit code."""
 
@@ -200,7 +212,8 @@ class Worker:
             work_dir=worker["work_dir"], host=self.host, slot=slot, store=store, store_settings=cfg.log_store,
             default_timeout=worker["default_timeout"], clone_url=worker.get("clone_url"),
             flush_interval=worker.get("log_flush_interval") or 2.0, flush_bytes=worker.get("log_flush_bytes") or 65536,
-            upload_timeout=worker.get("upload_timeout") or 60.0, retry_delay=worker.get("retry_delay", 10.0))
+            upload_timeout=worker.get("upload_timeout") or 60.0, retry_delay=worker.get("retry_delay", 10.0),
+            config_path=cfg.path, reporter=github_reporter(cfg, "%s/%s" % (self.host, slot)))
         self.drain_timeout = worker.get("drain_timeout")
         metrics_dir = worker.get("metrics_dir")
         self.metrics = Metrics(os.path.join(metrics_dir, "testfleet-worker-%s.prom" % slot) if metrics_dir else None,
@@ -368,7 +381,7 @@ class Worker:
         LOG.info("job %s: %s%s, %s", job_id, outcome if outcome != "requeued" else "requeued",
                  (" (%s)" % run.result.get("reason")) if run.result and run.result.get("reason") else "",
                  "acked" if action == "ack" else "rejected with requeue")
-        self.metrics.job_finished(kind, outcome, run.duration if outcome != "duplicate" else None)
+        self.metrics.job_finished(kind, outcome, run.duration if outcome not in ("duplicate", "stale") else None)
 
     # --- the loop -----------------------------------------------------------------------------
     def _supervise(self):

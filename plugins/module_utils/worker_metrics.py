@@ -13,9 +13,12 @@ slot and survives the worker: the last state of a dead worker stays visible, and
 Metrics (labels ``host`` and ``slot`` on every series):
 
 ``testfleet_worker_jobs_total{kind,outcome}``        jobs finished: outcome success, failure,
-                                                     error (timeout or infrastructure), requeued
-                                                     (given back to the broker), invalid
-                                                     (dead-lettered), duplicate (already done)
+                                                     error (timeout or infrastructure),
+                                                     superseded (its pull request moved on),
+                                                     requeued (given back to the broker),
+                                                     invalid (dead-lettered), duplicate (already
+                                                     done), stale (a newer attempt or another
+                                                     worker owns its GitHub status)
 ``testfleet_worker_job_duration_seconds{kind}``      histogram of job durations
 ``testfleet_worker_busy``                            1 while a job runs
 ``testfleet_worker_current_job_info{job,kind}``      1 for the job running now
