@@ -31,6 +31,15 @@ description:
     scan re-queues it) and the module fails.
   - Queues must exist (the C(rabbitmq) role applies the topology); a job for a queue that does
     not exist is not stored and fails as above.
+  - With O(etag_cache_dir) (or a O(config) file that implies one), the module keeps a scan state
+    there (C(scan-state.json)) - the statuses of each commit as it last read them, plus those it
+    posted since. A full repository scan (no O(pull), O(sha), O(ref)) does not read a commit
+    again when, from that state, the pull request and the test map as they are now, nothing is
+    to be done for it (every context finished, queued or running within its deadline, or
+    waiting for an approval; read at most a day ago). A status someone posts triggers a
+    C(status) webhook event whose scan reads the commit; if the event is lost, the cached
+    deadline passes and the periodic rescan reads it - later, never wrongly. Scans of one pull
+    request, commit or branch always read GitHub and refresh the state. See C(docs/statuses.md).
 extends_documentation_fragment:
   - testfleet.infra.amqp
   - testfleet.infra.forge
@@ -112,6 +121,23 @@ options:
       - The exchange test jobs are published to, with the context's queue as routing key.
       - Default - the O(config) file's topology exchange, else C(testfleet).
     type: str
+  fresh:
+    description:
+      - Read every commit from GitHub, even those the scan state says need nothing (the state is
+        refreshed with what is read).
+    type: bool
+    default: false
+  rebuild:
+    description:
+      - For a cold start after the broker lost its queues. Every context whose status is a
+        testfleet C(queued) within its deadline (of an open, testable pull request or a branch
+        head) gets its test job published again - the same job id and attempt, without posting
+        a status. Everything else is decided as usual. Implies O(fresh).
+      - A job that was in fact still queued is then there twice; the worker runs one of them
+        and acknowledges the other as a duplicate (it sees the attempt already running or done).
+      - C(running) contexts are left to their worker, or to the deadline reaper if it died.
+    type: bool
+    default: false
 attributes:
   platform:
     platforms: posix
@@ -143,6 +169,11 @@ EXAMPLES = r"""
         contexts: [debian-12/default]
         user: maintainer
         created_at: "2024-05-01T10:00:00Z"
+
+- name: After the broker lost its queues, publish the jobs of queued contexts again
+  testfleet.infra.scan:
+    config: /etc/testfleet/config.yml
+    rebuild: true
 
 - name: What would a scan of a branch head do (nothing is posted or published)
   testfleet.infra.scan:
@@ -179,24 +210,43 @@ plan:
       description: Why the pull request gets nothing (closed, draft, labelled), else null.
       type: str
     actions:
-      description: C({kind, context, attempt, reason, queue, deadline}); C(kind) is C(queue), C(reap), C(approval) or C(give_up).
+      description: >-
+        C({kind, context, attempt, reason, queue, deadline}); C(kind) is C(queue), C(reap),
+        C(approval), C(give_up) or (with O(rebuild)) C(republish).
       type: list
       elements: dict
     skipped:
       description: Context -> why nothing is done for it (finished, running until ...).
       type: dict
+    cached:
+      description: >-
+        True when the commit was not read from GitHub: the scan state showed nothing to do
+        (C(skipped) then explains it from the state).
+      type: bool
   sample:
     - repo: example/project
       sha: 0123456789abcdef0123456789abcdef01234567
       pull: 1234
       ref: null
       inactive: null
+      cached: false
       actions:
         - {kind: queue, context: debian-12/default, attempt: 1, reason: not tested yet,
            queue: tests.public, deadline: "2024-05-02T10:00:00Z"}
       skipped: {fedora-40/default: "finished: success (attempt 1)"}
 queued:
   description: The test jobs published (none in check mode).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {repo: example/project, sha: 0123456789abcdef0123456789abcdef01234567, pull: 1234,
+       context: debian-12/default, attempt: 1, queue: tests.public,
+       job_id: test-example_project_debian-12_default-0123456789ab-5f3a2c1d9e0b-a1}
+republished:
+  description: >-
+    With O(rebuild): the test jobs of C(queued) contexts published again (same job id and
+    attempt; no status posted). None in check mode.
   returned: always
   type: list
   elements: dict
@@ -247,6 +297,7 @@ from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
 from ansible_collections.testfleet.infra.plugins.module_utils import forge
 from ansible_collections.testfleet.infra.plugins.module_utils import scan_plan
+from ansible_collections.testfleet.infra.plugins.module_utils import scan_state
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses
 from ansible_collections.testfleet.infra.plugins.module_utils import topology
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
@@ -256,6 +307,11 @@ from ansible_collections.testfleet.infra.plugins.module_utils.jobs import JobErr
 from ansible_collections.testfleet.infra.plugins.module_utils.testmap import TestMapError, load_testmap
 
 BRANCH_PREFIX = "refs/heads/"
+
+
+def utc_now():
+    """The scan's clock (an aware UTC datetime)."""
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 class ScanModule(AmqpModule):
@@ -314,22 +370,33 @@ class ScanModule(AmqpModule):
         except forge.ForgeError as exc:
             self.fail_json(msg=str(exc), http_status=exc.status)
 
+    def scan_state(self):
+        """The scan state kept next to the ETag cache (an empty one without a cache directory)."""
+        state = scan_state.ScanState.load(self.forge_settings()["etag_cache_dir"])
+        if state.problem:
+            self.warn("the scan state %s was not used (%s): every commit is read" % (state.path, state.problem))
+        return state
+
 
 class Scanner:
     """Reads GitHub, plans, and carries the plan out (unless in check mode)."""
 
-    def __init__(self, module, testmap, client, now):
+    def __init__(self, module, testmap, client, now, state=None):
         self.module = module
         self.testmap = testmap
         self.client = client
         self.now = now
+        self.state = state if state is not None else scan_state.ScanState()
+        self.rebuild = bool(module.params.get("rebuild"))
+        self.fresh = bool(module.params.get("fresh")) or self.rebuild
         self.check_mode = module.check_mode
         self.exchange = module.exchange()
         self.connection = None
         self.publisher = None
         self.permissions = {}
-        self.result = {"changed": False, "plan": [], "queued": [], "reaped": [], "approval": [], "gave_up": [],
-                       "refused": []}
+        self.republishing = set()  # job ids: a commit may be the head of a pull request and a branch
+        self.result = {"changed": False, "plan": [], "queued": [], "republished": [], "reaped": [], "approval": [],
+                       "gave_up": [], "refused": []}
         self.diff = {"before": {}, "after": {}}
 
     # --- reading ------------------------------------------------------------------------------
@@ -344,8 +411,17 @@ class Scanner:
         return result
 
     def scan_repo(self, repo):
+        """Every open pull request and test-map branch head of ``repo``; a commit the scan state
+        shows nothing to do for is not read (unless fresh)."""
+        heads = set()
         for pull in sorted(self.client.pulls(repo), key=lambda p: p["number"]):
-            self.scan_pull(repo, pull, ())
+            heads.add(pull["head_sha"])
+            review = None if self.fresh else scan_state.settled_review(
+                self.testmap, repo, self.known(repo, pull["head_sha"]), self.now, pull=pull)
+            if review is not None:
+                self.note_plan(repo, pull["head_sha"], pull["number"], None, review, cached=True)
+            else:
+                self.scan_pull(repo, pull, ())
         for branch in self.testmap.head_branches(repo):
             try:
                 sha = self.client.branch_sha(repo, branch)
@@ -354,7 +430,23 @@ class Scanner:
                     raise
                 self.module.warn("%s: the test map names the branch %s, which does not exist" % (repo, branch))
                 continue
-            self.scan_ref(repo, branch, sha, ())
+            heads.add(sha)
+            review = None if self.fresh else scan_state.settled_review(
+                self.testmap, repo, self.known(repo, sha), self.now, branch=branch)
+            if review is not None:
+                self.note_plan(repo, sha, None, BRANCH_PREFIX + branch, review, cached=True)
+            else:
+                self.scan_ref(repo, branch, sha, ())
+        self.state.forget_others(repo, heads)
+
+    def known(self, repo, sha):
+        return self.state.statuses(repo, sha, self.now.timestamp())
+
+    def read_statuses(self, repo, sha):
+        """The commit's statuses from GitHub (and into the scan state)."""
+        current = self.client.combined_status(repo, sha)["statuses"]
+        self.state.remember_read(repo, sha, current, self.now.timestamp())
+        return current
 
     def scan_sha(self, repo, sha):
         for pull in self.client.pulls(repo):
@@ -370,7 +462,7 @@ class Scanner:
 
     def scan_pull(self, repo, pull, commands):
         sha = pull["head_sha"]
-        current = self.client.combined_status(repo, sha)["statuses"]
+        current = self.read_statuses(repo, sha)
         trusted = self.testmap.author_allowed(repo, pull.get("author"), pull.get("author_association"))
         review = scan_plan.review_pull(self.testmap, repo, pull, current, self.now, commands, trusted=trusted)
         if not trusted and any(a.kind == "approval" for a in review.actions):
@@ -378,20 +470,29 @@ class Scanner:
             if self.testmap.author_allowed(repo, pull.get("author"), pull.get("author_association"),
                                            is_org_member=self.client.is_org_member):
                 review = scan_plan.review_pull(self.testmap, repo, pull, current, self.now, commands, trusted=True)
-        self.carry_out(repo, sha, pull["number"], None, review, current)
+        self.carry_out(repo, sha, pull["number"], None, review, current, pull.get("base_ref"))
 
     def scan_ref(self, repo, branch, sha, commands):
-        current = self.client.combined_status(repo, sha)["statuses"]
+        current = self.read_statuses(repo, sha)
         review = scan_plan.review_ref(self.testmap, repo, branch, sha, current, self.now, commands)
-        self.carry_out(repo, sha, None, BRANCH_PREFIX + branch, review, current)
+        self.carry_out(repo, sha, None, BRANCH_PREFIX + branch, review, current, branch)
 
     # --- writing ------------------------------------------------------------------------------
-    def carry_out(self, repo, sha, pull, ref, review, current):
+    def note_plan(self, repo, sha, pull, ref, review, cached=False, extra=()):
         self.result["plan"].append({
-            "repo": repo, "sha": sha, "pull": pull, "ref": ref, "inactive": review.inactive,
-            "actions": [a.as_dict() for a in review.actions], "skipped": dict(review.skipped)})
+            "repo": repo, "sha": sha, "pull": pull, "ref": ref, "inactive": review.inactive, "cached": cached,
+            "actions": [a.as_dict() for a in list(review.actions) + list(extra)], "skipped": dict(review.skipped)})
         self.result["refused"].extend(review.ignored)
+
+    def carry_out(self, repo, sha, pull, ref, review, current, branch):
+        republish = self.to_republish(repo, sha, branch, review, current) if self.rebuild else []
+        self.note_plan(repo, sha, pull, ref, review, extra=republish)
         where = {"repo": repo, "sha": sha, "pull": pull}
+        for action in republish:
+            if self.check_mode:
+                self.result["changed"] = True
+            else:
+                self.publish(repo, sha, pull, ref, action, self.result["republished"])
         for action in review.actions:
             if self.check_mode:
                 self.result["changed"] = True
@@ -416,10 +517,32 @@ class Scanner:
         self.diff["after"][key] = status["description"]
 
     def post(self, repo, sha, context, status, current):
-        self.client.create_status(repo, sha, status["state"], context, description=status["description"],
-                                  target_url=status["target_url"])
+        posted = self.client.create_status(repo, sha, status["state"], context, description=status["description"],
+                                           target_url=status["target_url"])
         self.result["changed"] = True
+        self.state.remember_post(repo, sha, context, status, self.now.timestamp(),
+                                 updated_at=(posted or {}).get("updated_at") or self.now.strftime("%Y-%m-%dT%H:%M:%SZ"))
         self.note_diff(repo, sha, context, current, status)
+
+    def to_republish(self, repo, sha, branch, review, current):
+        """``republish`` actions for the contexts whose status is our ``queued`` within its
+        deadline and that nothing else is done for (an active pull request or a branch head)."""
+        if review.inactive:
+            return []
+        acted = set(action.context for action in review.actions)
+        result = []
+        for context in sorted(current):
+            mine = statuses.parse(current[context])
+            if mine is None or mine.kind != "queued" or mine.deadline < self.now or context in acted:
+                continue
+            spec = self.testmap.context(repo, context, branch)
+            ident = scan_plan.job_id(repo, sha, context, mine.attempt) if spec else None
+            if spec is None or ident in self.republishing:
+                continue
+            self.republishing.add(ident)
+            result.append(scan_plan.Action("republish", context, mine.attempt, "rebuild: %s (attempt %d) until %s" % (
+                mine.kind, mine.attempt, statuses.format_deadline(mine.deadline)), spec, mine.deadline))
+        return result
 
     def job(self, repo, sha, pull, ref, action):
         spec = action.spec
@@ -434,15 +557,32 @@ class Scanner:
             job["args"] = spec.args
         return job
 
-    def queue(self, repo, sha, pull, ref, action, current):
-        job = self.job(repo, sha, pull, ref, action)
-        body = encode_job(job)
+    def connect(self):
         if self.publisher is None:
-            # connected before the first queued status: without a broker nothing is posted
             if not amqp.HAS_PIKA:
                 self.module.connect()  # fails saying that pika is missing
             self.connection = amqp.connect(self.module.amqp_settings())
             self.publisher = amqp.ConfirmedPublisher(self.connection)
+
+    def publish(self, repo, sha, pull, ref, action, report):
+        """Publish the job of ``action`` again (rebuild): no status is posted."""
+        job = self.job(repo, sha, pull, ref, action)
+        body = encode_job(job)
+        self.connect()
+        try:
+            self.publisher.publish(self.exchange, action.spec.queue, body, message_id=job["id"])
+        except amqp.AmqpError as exc:
+            raise PublishFailed("the test job %s could not be published again: %s; its queued status stays "
+                                "until its deadline" % (job["id"], exc))
+        self.result["changed"] = True
+        report.append({"repo": repo, "sha": sha, "pull": pull, "context": action.context,
+                       "attempt": action.attempt, "queue": action.spec.queue, "job_id": job["id"]})
+
+    def queue(self, repo, sha, pull, ref, action, current):
+        job = self.job(repo, sha, pull, ref, action)
+        body = encode_job(job)
+        # connected before the first queued status: without a broker nothing is posted
+        self.connect()
         self.post(repo, sha, action.context, action.status(), current)
         try:
             self.publisher.publish(self.exchange, action.spec.queue, body, message_id=job["id"])
@@ -510,6 +650,8 @@ def run(module, scanner):
     else:
         for name in [repo] if repo else scanner.testmap.repos:
             scanner.scan_repo(name)
+        if not repo:
+            scanner.state.forget_repos_except(scanner.testmap.repos)
 
 
 def main():
@@ -529,6 +671,8 @@ def main():
                 created_at=dict(type="str"),
             )),
             exchange=dict(type="str"),
+            fresh=dict(type="bool", default=False),
+            rebuild=dict(type="bool", default=False),
         ),
         mutually_exclusive=[credentials, ("pull", "sha"), ("pull", "ref")],
         required_together=[APP_OPTIONS],
@@ -542,7 +686,9 @@ def main():
     except TestMapError as exc:
         module.fail_json(msg=str(exc))
     client = module.client()
-    scanner = Scanner(module, testmap, client, datetime.datetime.now(datetime.timezone.utc))
+    now = utc_now()
+    state = module.scan_state()
+    scanner = Scanner(module, testmap, client, now, state)
     failure = None
     try:
         run(module, scanner)
@@ -556,6 +702,9 @@ def main():
         failure = dict(msg=str(exc), error=exc.__class__.__name__)
     finally:
         scanner.close()
+        problem = state.save(now.timestamp())
+        if problem:
+            module.warn(problem)
     result = scanner.result
     result["requests"] = dict(client.stats)
     if module._diff:

@@ -142,15 +142,17 @@ def test_a_first_scan_queues_each_context_once_and_a_rescan_nothing(scan, github
     assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
     assert len(github.statuses(REPO, SHA)) == 2
 
-    # nothing changed since: the ETag cache on disk answers the reads with 304s; what counts is
-    # the branch the test map names, which does not exist (a 404 has no ETag; the module warns.
-    # Warnings are not asserted: in-process, once controller code is imported, they go to Display)
+    # nothing changed since: the pulls list is answered 304 from the ETag cache, the commit is not
+    # read at all (the scan state shows it queued within its deadline); what counts is the branch
+    # the test map names, which does not exist (a 404 has no ETag; the module warns. Warnings are
+    # not asserted: in-process, once controller code is imported, they go to Display)
     github.reset_records()
     third = scan(repo=REPO)
     assert third["changed"] is False
-    assert third["requests"]["not_modified"] == 2
-    assert [(r["path"], r["status"]) for r in github.requests if r["counted"]] == [
-        ("/repos/org/proj/branches/main", 404)]
+    assert third["plan"][0]["cached"] is True
+    assert third["requests"]["not_modified"] == 1
+    assert [(r["path"], r["status"]) for r in github.requests] == [
+        ("/repos/org/proj/pulls", 304), ("/repos/org/proj/branches/main", 404)]
 
 
 def test_the_queued_status_is_posted_before_the_job_is_published(scan, github, broker):
@@ -377,3 +379,149 @@ def test_a_bad_test_map_is_reported_with_its_key_path(scan, github, tmp_path):
     result = scan(repo=REPO, testmap=str(bad))
     assert result["failed"] is True
     assert result["msg"] == "%s: repos.org/proj.branches.main[0].queu: unknown key (did you mean 'queue'?)" % bad
+
+
+# --- the scan state: cheap periodic rescans, reads where something may be due -------------------
+
+def status_reads(github):
+    """The shas whose combined status was asked for, in order."""
+    return [r["path"].split("/")[5] for r in github.requests if r["path"].endswith("/status")]
+
+
+def test_an_unchanged_rescan_reads_no_commit_and_costs_almost_nothing(scan, github, broker):
+    github.set_branch(REPO, "main", MAIN_SHA)
+    for number in range(1, 6):
+        github.add_pull(REPO, number, "%040x" % number)
+    first = scan(repo=REPO)
+    assert len(first["queued"]) == 12 and all(not p["cached"] for p in first["plan"])
+    assert len(broker.take(broker.public)) == 6 and len(broker.take(broker.internal)) == 6
+
+    github.reset_records()
+    again = scan(repo=REPO)
+    assert again["changed"] is False and again["queued"] == []
+    assert [p["cached"] for p in again["plan"]] == [True] * 6
+    assert again["plan"][0]["skipped"]["ctx/a"].startswith("queued (attempt 1) until ")
+    assert github.counted <= 5 and again["requests"]["counted"] == github.counted
+    assert status_reads(github) == []
+    assert all(r["method"] == "GET" for r in github.requests)
+    # the pulls list and the branch head are conditional requests: unchanged, they cost nothing
+    assert [(r["path"], r["status"]) for r in github.requests if not r["query"].get("page")] == [
+        ("/repos/org/proj/pulls", 304), ("/repos/org/proj/branches/main", 304)]
+    assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
+
+
+def test_a_workers_error_is_picked_up_by_the_scan_of_its_commit(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    scan(repo=REPO)
+    broker.take(broker.public), broker.take(broker.internal)
+    # a worker reports that ctx/a broke; GitHub sends a status event, whose scan names the sha
+    github.post_status(REPO, SHA, "error", "ctx/a", description=statuses.describe(
+        "error", 1, host="w/1", reason="the clone failed"))
+    github.reset_records()
+    periodic = scan(repo=REPO)      # the cache still says queued: the periodic rescan leaves it
+    assert periodic["queued"] == [] and status_reads(github) == []
+
+    event = scan(repo=REPO, sha=SHA)
+    assert [(q["context"], q["attempt"]) for q in event["queued"]] == [("ctx/a", 2)]
+    assert [m[0] for m in broker.take(broker.public)] == [job_id(REPO, SHA, "ctx/a", 2)]
+    assert described(github, SHA, "ctx/a")[:2] == ("queued", 2)
+    github.reset_records()
+    after = scan(repo=REPO)         # the event's scan refreshed the cache: settled again
+    assert after["changed"] is False and status_reads(github) == []
+
+
+def test_when_a_cached_deadline_passes_the_commit_is_read_and_reaped(scan, github, broker, monkeypatch):
+    from ansible_collections.testfleet.infra.plugins.modules import scan as scan_module
+    github.add_pull(REPO, 4, SHA)
+    github.add_pull(REPO, 5, SHA2)
+    for context in ("ctx/a", "ctx/b"):
+        github.post_status(REPO, SHA2, "success", context, description=statuses.describe("success", 1))
+    first = scan(repo=REPO)
+    assert sorted((q["pull"], q["context"]) for q in first["queued"]) == [(4, "ctx/a"), (4, "ctx/b")]
+    broker.take(broker.public), broker.take(broker.internal)
+
+    # two hours later (queued_timeout is one): no worker took the jobs, no event came
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
+    monkeypatch.setattr(scan_module, "utc_now", lambda: later)
+    github.reset_records()
+    result = scan(repo=REPO)
+    assert status_reads(github) == [SHA]               # PR 5 is finished: not read
+    assert sorted((r["pull"], r["context"]) for r in result["reaped"]) == [(4, "ctx/a"), (4, "ctx/b")]
+    assert described(github, SHA, "ctx/a").reason.startswith("deadline passed (queued until ")
+    # the reap is in the cache: the next rescan reads the commit and re-queues it
+    following = scan(repo=REPO)
+    assert sorted((q["context"], q["attempt"]) for q in following["queued"]) == [("ctx/a", 2), ("ctx/b", 2)]
+
+
+def test_a_pull_request_whose_head_moved_is_read(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    github.add_pull(REPO, 5, "5" * 40)
+    scan(repo=REPO)
+    github.update_pull(REPO, 4, head_sha=SHA2)
+    github.reset_records()
+    result = scan(repo=REPO)
+    assert status_reads(github) == [SHA2]
+    assert sorted((q["sha"], q["context"]) for q in result["queued"]) == [(SHA2, "ctx/a"), (SHA2, "ctx/b")]
+    assert [m[0] for m in broker.take(broker.public)] == [
+        job_id(REPO, SHA, "ctx/a", 1), job_id(REPO, "5" * 40, "ctx/a", 1), job_id(REPO, SHA2, "ctx/a", 1)]
+
+
+def test_fresh_reads_every_commit(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    github.add_pull(REPO, 5, SHA2)
+    scan(repo=REPO)
+    github.reset_records()
+    result = scan(repo=REPO, fresh=True)
+    assert status_reads(github) == [SHA, SHA2]
+    assert result["changed"] is False and [p["cached"] for p in result["plan"]] == [False, False]
+
+
+def test_a_corrupt_scan_state_is_ignored(scan, github, broker, tmp_path):
+    github.add_pull(REPO, 4, SHA)
+    scan(repo=REPO)
+    state_file = tmp_path / "etags" / "scan-state.json"
+    assert json.loads(state_file.read_text())["version"] == 1
+    state_file.write_text('{"version": 1, "commits": {')
+    github.reset_records()
+    result = scan(repo=REPO)
+    assert "failed" not in result and result["changed"] is False
+    assert status_reads(github) == [SHA]               # no cache: read, and nothing to do
+    github.reset_records()
+    scan(repo=REPO)                                    # written anew
+    assert status_reads(github) == []
+
+
+def test_rebuild_publishes_queued_jobs_again_with_the_same_id_and_posts_nothing(scan, github, broker):
+    github.set_branch(REPO, "main", SHA)               # the PR's head is also the branch's head
+    github.add_pull(REPO, 4, SHA)
+    github.add_pull(REPO, 5, SHA2)
+    first = scan(repo=REPO)
+    assert len(first["queued"]) == 4
+    lost_public, lost_internal = broker.take(broker.public), broker.take(broker.internal)   # the broker lost them
+    # meanwhile: PR 5's ctx/a runs on a worker and its ctx/b broke
+    deadline = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    github.post_status(REPO, SHA2, "pending", "ctx/a", description=statuses.describe(
+        "running", 1, host="w/1", deadline=deadline))
+    github.post_status(REPO, SHA2, "error", "ctx/b", description=statuses.describe("error", 1, reason="broke"))
+    posted_before = len(github.statuses(REPO, SHA)) + len(github.statuses(REPO, SHA2))
+
+    planned = scan(repo=REPO, rebuild=True, check_mode=True)
+    assert planned["changed"] is True and planned["republished"] == []
+    assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
+
+    github.reset_records()
+    result = scan(repo=REPO, rebuild=True)
+    assert "failed" not in result, result
+    assert status_reads(github) == [SHA, SHA2, SHA]    # implies fresh: every head read
+    assert sorted((r["pull"], r["context"], r["attempt"]) for r in result["republished"]) == [
+        (4, "ctx/a", 1), (4, "ctx/b", 1)]
+    assert [(q["pull"], q["context"], q["attempt"]) for q in result["queued"]] == [(5, "ctx/b", 2)]
+    public, internal = broker.take(broker.public), broker.take(broker.internal)
+    assert [m[0] for m in public] == [m[0] for m in lost_public if m[1]["sha"] == SHA]
+    assert [m[1] for m in public] == [m[1] for m in lost_public if m[1]["sha"] == SHA]   # the same job
+    assert [m[0] for m in internal] == [job_id(REPO, SHA, "ctx/b", 1), job_id(REPO, SHA2, "ctx/b", 2)]
+    assert internal[0] == lost_internal[0]
+    # one post: the re-queue of PR 5's error; the rebuilt contexts got no new status
+    assert len(github.statuses(REPO, SHA)) + len(github.statuses(REPO, SHA2)) == posted_before + 1
+    assert result["requests"]["writes"] == 1
+    assert [a["kind"] for a in result["plan"][0]["actions"]] == ["republish", "republish"]
