@@ -208,11 +208,20 @@ def operator_user():
     return "operator:" + (re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "unknown")
 
 
-def scan_job(repo, trigger, now=None):
-    """A full scan of ``repo`` (its open pull requests and branches)."""
+def scan_job(repo, trigger, now=None, fresh=False, rebuild=False):
+    """A full scan of ``repo`` (its open pull requests and branches).
+
+    ``fresh`` reads every commit (no scan state); ``rebuild`` also publishes again the jobs of
+    contexts that are ``queued`` (after a broker lost its queues).
+    """
     now = now or datetime.datetime.now(datetime.timezone.utc)
+    scan_args = {"trigger": trigger}
+    if rebuild:
+        scan_args["rebuild"] = True
+    elif fresh:
+        scan_args["fresh"] = True
     return jobs.validate_job({"version": jobs.VERSION, "id": _job_id("scan-" + trigger, repo, now), "kind": "scan",
-                              "repo": repo, "args": {"trigger": trigger}})
+                              "repo": repo, "args": scan_args})
 
 
 def retest_job(repo, pull, contexts, user=None, now=None):
@@ -520,7 +529,7 @@ def cmd_scan(args, cfg, operator):
     repos = args.repos or configured_repos(cfg)
     published = []
     for repo in repos:
-        job = scan_job(repo, args.trigger)
+        job = scan_job(repo, args.trigger, fresh=args.fresh, rebuild=args.rebuild)
         operator.publish_job(queue, job)
         published.append(job)
     return _published(args, queue, published)
@@ -601,6 +610,9 @@ def build_parser():
     sub = commands.add_parser("scan", parents=[common], help="queue a full scan of repositories")
     sub.add_argument("repos", nargs="*", type=_repo, metavar="REPO", help="default: every repository of the test map")
     sub.add_argument("--trigger", type=_trigger, default="operator", help="args.trigger of the jobs (the timer: timer)")
+    sub.add_argument("--fresh", action="store_true", help="read every commit from GitHub (ignore the scan state)")
+    sub.add_argument("--rebuild", action="store_true",
+                     help="after a broker lost its queues: also publish again the jobs of queued contexts")
     sub.add_argument("--queue", help="the scan queue (default: the config's webhook.queue, events)")
     return parser
 

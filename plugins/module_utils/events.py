@@ -26,7 +26,11 @@ pull request, with commands      ``args.commands``: ``[{"command": "retest"|"app
                                  scan checks the user's permission, and uses ``created_at`` so a
                                  command delivered twice runs once. Comments on plain issues, and
                                  without a command: nothing
-``ping``, ``status``, the rest   nothing
+``status`` in state ``error``    ``repo``, ``sha``, ``args.trigger`` ``status/error``: a context broke
+                                 (a worker's infrastructure error, a reaped deadline) and the scan
+                                 re-queues it now; other states: nothing (``pending`` is the
+                                 scanner's or a worker's own progress, success and failure are final)
+``ping``, the rest               nothing
 ================================ =====================================================================
 
 Commands are lines of the comment (outside code fences) that are ``/retest`` followed by zero or
@@ -194,14 +198,25 @@ def _issue_comment(payload):
         " ".join(["/" + c["command"]] + c["contexts"]) for c in commands))
 
 
+def _status(payload):
+    state = payload.get("state")
+    if state != "error":
+        return None, "status %s: nothing to re-queue (only an error status is scanned)" % str(state)[:32]
+    repo = _repo(payload)
+    sha = _sha(payload, ("sha",))
+    context = payload.get("context") if isinstance(payload.get("context"), str) else "?"
+    job = {"repo": repo, "sha": sha, "args": {"trigger": "status/error"}}
+    return job, "status error of %s on %s: scan %s at %s" % (context[:100], sha[:12], repo, sha[:12])
+
+
 HANDLERS = {
     "pull_request": _pull_request,
     "push": _push,
     "issue_comment": _issue_comment,
+    "status": _status,
 }
 IGNORED = {
     "ping": "ping: GitHub checks the hook; nothing to scan",
-    "status": "status: commit statuses are the scanner's own output; nothing to scan",
 }
 
 

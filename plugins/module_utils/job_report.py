@@ -7,7 +7,8 @@ A test job carries ``report: {"github": {"context": ..., "attempt": N}}`` when t
 queued it (it posted ``queued`` before publishing). The worker then posts, on the job's commit:
 
 - ``running`` (host, attempt, deadline; the target URL is the job's live ``log.html``) when the
-  playbook starts: best effort, a failure is logged and the job runs anyway;
+  playbook starts (not again when a redelivered job's attempt is already running): best effort,
+  a failure is logged and the job runs anyway;
 - nothing, when the context's status shows a newer attempt or this attempt already running
   (on a first delivery) or finished: the delivery is a duplicate or was replaced, and is acked;
 - the outcome (``success``, ``failure`` with its reason, ``error`` for a job that timed out or
@@ -74,8 +75,18 @@ class GitHubReporter:
         LOG.info("job %s: GitHub status %s of %s: %s", job["id"], context, job["sha"][:12], description)
         return True
 
-    def running(self, job, timeout, log_url):
-        """Post ``running`` with a deadline of the job's timeout plus the margin."""
+    def running(self, job, timeout, log_url, redelivered=False):
+        """Post ``running`` with a deadline of the job's timeout plus the margin.
+
+        A redelivered job whose attempt is already ``running`` (its first worker died or lost
+        the broker) keeps that status: same attempt, same log link, one ``running`` per attempt.
+        """
+        if redelivered:
+            github = github_report(job)
+            current = statuses.parse(self.client.combined_status(job["repo"], job["sha"])["statuses"].get(
+                github.get("context") or job["context"]))
+            if current is not None and current.kind == "running" and current.attempt == int(github.get("attempt") or 1):
+                return False
         deadline = _deadline(self._now(), timeout + self.deadline_margin)
         return self._post(job, "running", target_url=log_url, deadline=deadline)
 

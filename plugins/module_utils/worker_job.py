@@ -251,7 +251,8 @@ class JobRun:
         if self.github is None:
             return
         try:
-            self.settings.reporter.running(self.job, self.timeout, self.settings.store.location(self.job["id"], logstore.VIEWER))
+            self.settings.reporter.running(self.job, self.timeout, self.settings.store.location(self.job["id"], logstore.VIEWER),
+                                           redelivered=self.redelivered)
         except Exception as exc:
             LOG.warning("job %s: cannot post its running status to GitHub (%s)", self.job["id"], exc)
 

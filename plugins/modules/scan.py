@@ -86,7 +86,8 @@ options:
       - Commands from pull request comments, carried out on O(pull) (or, for an operator, on
         O(ref)). The module asks GitHub for each user's permission on O(repo); commands of
         users without write permission (write, maintain, admin) are ignored and returned in
-        RV(refused).
+        RV(refused). The user C(operator:<name>) (the operator CLI's C(testfleet retest); no
+        GitHub login has a colon) has admin permission.
     type: list
     elements: dict
     default: []
@@ -314,6 +315,9 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+OPERATOR_PREFIX = "operator:"
+
+
 class ScanModule(AmqpModule):
     """The AMQP module base with the forge options, where a config file may stand for both."""
 
@@ -401,10 +405,16 @@ class Scanner:
 
     # --- reading ------------------------------------------------------------------------------
     def commands(self, repo):
-        """The module's commands with each user's permission on ``repo`` (asked once per user)."""
+        """The module's commands with each user's permission on ``repo`` (asked once per user).
+
+        ``operator:<name>`` (the operator CLI's user, which no GitHub login can be: only those who
+        may publish to the broker can send it) has admin permission.
+        """
         result = []
         for command in self.module.params["commands"] or ():
             user = command["user"]
+            if user.startswith(OPERATOR_PREFIX):
+                self.permissions[(repo, user)] = "admin"
             if (repo, user) not in self.permissions:
                 self.permissions[(repo, user)] = self.client.permission(repo, user)
             result.append(dict(command, permission=self.permissions[(repo, user)]))

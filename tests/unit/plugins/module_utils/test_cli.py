@@ -155,6 +155,13 @@ def test_scan_and_retest_jobs(monkeypatch):
              "created_at": "2024-05-01T12:30:00Z"}]}}
 
 
+def test_scan_fresh_and_rebuild():
+    assert cli.scan_job("acme/widget", "operator", NOW, fresh=True)["args"] == {"trigger": "operator", "fresh": True}
+    assert cli.scan_job("acme/widget", "operator", NOW, rebuild=True)["args"] == {"trigger": "operator", "rebuild": True}
+    args = cli.parse_args(["--config", "c.yml", "scan", "--rebuild", "acme/widget"])
+    assert args.rebuild is True and args.fresh is False and args.repos == ["acme/widget"]
+
+
 def test_scan_without_repositories_needs_a_test_map(tmp_path):
     config = tmp_path / "config.yml"
     config.write_text("amqp:\n  url: amqp://127.0.0.1:1/\n")

@@ -40,7 +40,7 @@ OWN_EXPECTED = {
     ("push", "payload.json"): {"repo": WIDGET, "ref": "refs/heads/main",
                                "sha": "5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f", "args": {"trigger": "push"}},
     ("push", "tag.payload.json"): "push to refs/tags/v1.4.0: not a branch",
-    ("status", "payload.json"): "status: commit statuses are the scanner's own output",
+    ("status", "payload.json"): "status pending: nothing to re-queue",
 }
 
 HELLO = "Codertocat/Hello-World"
@@ -54,7 +54,7 @@ SHARED_EXPECTED = {
     ("pull_request", "opened.payload.json"): pull_job("opened", HELLO_HEAD, HELLO, 2),
     ("pull_request", "synchronize.payload.json"): pull_job("synchronize", HELLO_HEAD, HELLO, 2),
     ("push", "payload.json"): "push to refs/tags/simple-tag: not a branch",
-    ("status", "payload.json"): "status: commit statuses are the scanner's own output",
+    ("status", "payload.json"): "status success: nothing to re-queue",
 }
 
 
@@ -236,3 +236,27 @@ def test_job_for_message_takes_jobs_and_deliveries():
         events.job_for_message(b"\xff")
     with pytest.raises(jobs.JobError, match="field 'delivery' is not a job field"):
         events.job_for_message(json.dumps({"delivery": "d", "event": "push"}))  # no payload: not a delivery
+
+
+def test_an_error_status_scans_its_commit():
+    payload = json.loads((OWN_FIXTURES / "status" / "payload.json").read_text())
+    payload["state"] = "error"
+    job, why = events.scan_job_for_delivery(delivery("status", payload))
+    assert job["kind"] == "scan" and job["repo"] == "testfleet-example/widget"
+    assert job["sha"] == payload["sha"] and "pull" not in job
+    assert job["args"] == {"trigger": "status/error"}
+    assert why.startswith("status error of ")
+
+
+@pytest.mark.parametrize("state", ["pending", "success", "failure", None])
+def test_other_statuses_are_ignored(state):
+    payload = json.loads((OWN_FIXTURES / "status" / "payload.json").read_text())
+    payload["state"] = state
+    assert events.scan_job_for_delivery(delivery("status", payload))[0] is None
+
+
+def test_an_error_status_without_a_commit_is_invalid():
+    payload = json.loads((OWN_FIXTURES / "status" / "payload.json").read_text())
+    payload.update(state="error", sha="not-a-sha")
+    with pytest.raises(events.InvalidDelivery):
+        events.scan_job_for_delivery(delivery("status", payload))

@@ -125,3 +125,12 @@ def test_github_errors_reach_the_caller(github, reporter):
     github.inject("POST", r"/statuses/", 422, body={"message": "Validation Failed"})
     with pytest.raises(ForgeError):
         reporter.finished(job(), {"outcome": "success"})
+
+
+def test_a_redelivered_running_attempt_is_not_posted_again(github, reporter):
+    queue_status(github, "queued", 1)
+    assert reporter.running(job(), 3600, "https://logs.example.org/test-job-1/log.html")
+    other = GitHubReporter(reporter.client, "worker-2/0", now=lambda: NOW + datetime.timedelta(minutes=5))
+    assert other.running(job(), 3600, "https://logs.example.org/test-job-1/log.html", redelivered=True) is False
+    assert other.running(job(), 3600, "https://logs.example.org/test-job-1/log.html") is True
+    assert [p.kind for state, p in posted(github)] == ["queued", "running", "running"]

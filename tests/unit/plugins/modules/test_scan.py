@@ -274,6 +274,17 @@ def test_retest_from_a_reader_is_refused_and_from_a_writer_runs_once(scan, githu
     assert broker.take(broker.public) == []
 
 
+def test_an_operator_retest_needs_no_github_permission(scan, github, broker):
+    github.add_pull(REPO, 4, SHA)
+    github.post_status(REPO, SHA, "success", "ctx/a", description=statuses.describe("success", 1))
+    requests_before = len(github.requests)
+    result = scan(repo=REPO, pull=4, commands=[{"command": "retest", "user": "operator:root", "contexts": ["ctx/a"]}])
+    # ctx/b had no status: queued as any scan would
+    assert sorted((q["context"], q["attempt"]) for q in result["queued"]) == [("ctx/a", 2), ("ctx/b", 1)]
+    assert not any("/permission" in r["path"] for r in github.requests[requests_before:])
+    assert [m[0] for m in broker.take(broker.public)] == [job_id(REPO, SHA, "ctx/a", 2)]
+
+
 def test_check_mode_plans_without_posting_or_publishing(scan, github, broker):
     github.add_pull(REPO, 4, SHA)
     result = scan(check_mode=True, diff=True, repo=REPO)
