@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: github_status
 short_description: Set a testfleet commit status on GitHub, only when it differs
-version_added: 0.1.0
+version_added: 0.2.0
 author:
   - testfleet developers (@testfleet)
 description:

@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: github_webhook
 short_description: Ensure a GitHub repository webhook delivers to a URL, with its events and secret
-version_added: 0.1.0
+version_added: 0.2.0
 author:
   - testfleet developers (@testfleet)
 description:

@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: scan
 short_description: Decide from GitHub which test contexts need a run, and queue them
-version_added: 0.1.0
+version_added: 0.2.0
 author:
   - testfleet developers (@testfleet)
 description:
