@@ -56,6 +56,9 @@ key                              default           meaning
 ``worker.log_flush_interval``    2                 seconds between log uploads while a job runs
 ``worker.log_flush_bytes``       65536             ... or after this many new bytes
 ``worker.upload_timeout``        60                seconds an upload of the log store may take
+``worker.pull_check_interval``   30                seconds between checks that a running test
+                                                   job's pull request is still open at its commit
+                                                   (else the job stops: ``superseded``)
 ``log_store.url``                required          ``s3://bucket/prefix`` or ``file:///dir``
 ``log_store.endpoint_url``       -                 S3-compatible server (default: AWS)
 ``log_store.public_url``         -                 base URL that status links point at
@@ -305,6 +308,7 @@ SCHEMA = {
         "log_flush_interval": Key(_seconds(3600), 2.0),
         "log_flush_bytes": Key(_integer(1, 1024 ** 3), 65536),
         "upload_timeout": Key(_seconds(24 * 3600), 60.0),
+        "pull_check_interval": Key(_seconds(3600), 30.0),
     },
     "log_store": {
         "url": Key(_url(("s3", "file")), required=True),

@@ -187,7 +187,7 @@ def github_reporter(cfg, host_label):
     forge_section = cfg.config.section("forge")
     client = forge.ForgeClient(api_url=forge_section["api_url"], token_file=forge_section["token_file"],
                                etag_cache_dir=os.path.join(cfg.worker["work_dir"], "forge-cache"))
-    return job_report.GitHubReporter(client, host_label)
+    return job_report.GitHubReporter(client, host_label, check_interval=cfg.worker.get("pull_check_interval") or 30.0)
 
 
 class Worker:

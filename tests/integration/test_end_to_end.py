@@ -81,7 +81,7 @@ class Stack:
                         "queue": self.events},
             "worker": {"queues": [self.events, self.tests], "default_timeout": 300, "work_dir": str(tmp_path / "work"),
                        "metrics_dir": str(tmp_path / "metrics"), "host_name": "e2e", "retry_delay": 1,
-                       "log_flush_interval": 0.5, "upload_timeout": 20,
+                       "log_flush_interval": 0.5, "upload_timeout": 20, "pull_check_interval": 1,
                        "clone_url": "file://%s/{repo}" % (tmp_path / "repos")},
             "log_store": {"url": "file://%s" % self.logs},
             "forge": {"api_url": github.url, "token_file": str(tmp_path / "github-token")},
@@ -285,3 +285,23 @@ def queue_depth(stack, queue):
         return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:
         connection.close()
+
+
+def test_a_push_to_the_pull_request_supersedes_the_running_job(make_stack):
+    stack = make_stack("#!/bin/sh\nsleep 120\necho 'too late'\n")
+    stack.start_webhook()
+    stack.start_worker(0)
+    stack.deliver_opened()
+    stack.wait_kinds(SUCCESS[:2], 180)
+    moved = time.monotonic()
+    stack.github.update_pull(REPO, PULL, head_sha="b" * 40)
+    wanted = SUCCESS[:2] + [("error", "superseded")]
+    stack.wait_kinds(wanted, 60)
+    assert time.monotonic() - moved < 60
+    time.sleep(2)
+    assert stack.kinds() == wanted, stack.worker_logs()
+    last = statuses.parse(stack.github.statuses(REPO, stack.sha, CONTEXT)[-1])
+    assert "moved on to bbbbbbbbbbbb" in last.reason
+    job_id = stack.github.statuses(REPO, stack.sha, CONTEXT)[1]["target_url"].rstrip("/").split("/")[-2]
+    result = json.loads((stack.logs / job_id / "result.json").read_text())
+    assert result["outcome"] == "superseded" and "too late" not in (stack.logs / job_id / "log").read_text()
