@@ -63,7 +63,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import namedtuple
@@ -80,6 +79,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     github = requests = urllib3 = None
     HAS_GITHUB = False
     GITHUB_IMPORT_ERROR = exc
+
+from ansible_collections.testfleet.infra.plugins.module_utils.atomic_file import replace_file
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
@@ -312,21 +313,10 @@ class EtagCache:
                 self._memory.pop(next(iter(self._memory)))
         if not self.directory:
             return
-        temporary = None
         try:
-            handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump(entry, stream)
-            os.replace(temporary, self._file(key))
-            temporary = None
+            replace_file(self._file(key), json.dumps(entry).encode("utf-8"))
         except OSError as exc:
             LOG.warning("cannot write the ETag cache in %s: %s", self.directory, exc.strerror)
-        finally:
-            if temporary is not None:
-                try:
-                    os.unlink(temporary)
-                except OSError:
-                    pass
 
 
 class ForgeClient:

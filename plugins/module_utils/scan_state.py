@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 try:
     import fcntl
@@ -39,6 +38,7 @@ except ImportError:  # pragma: no cover - not a POSIX system: writes are not ser
     fcntl = None
 
 from ansible_collections.testfleet.infra.plugins.module_utils import scan_plan
+from ansible_collections.testfleet.infra.plugins.module_utils.atomic_file import replace_file
 
 STATE_FILE = "scan-state.json"
 LOCK_FILE = "scan-state.lock"
@@ -198,7 +198,6 @@ class ScanState:
             return None
         directory = os.path.dirname(self.path) or "."
         lock = None
-        temporary = None
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             if fcntl is not None:
@@ -216,19 +215,11 @@ class ScanState:
                     del merged[key]
             commits = dict((key, entry) for key, entry in sorted(merged.items())
                            if entry["read_at"] > now - MAX_AGE)
-            handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-scan-state-", suffix=".json")
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump({"version": FORMAT_VERSION, "commits": commits}, stream, separators=(",", ":"))
-            os.replace(temporary, self.path)
-            temporary = None
+            replace_file(self.path, json.dumps({"version": FORMAT_VERSION, "commits": commits},
+                                               separators=(",", ":")).encode("utf-8"), prefix=".tmp-scan-state-")
         except OSError as exc:
             return "cannot write the scan state %s: %s" % (self.path, exc.strerror or exc)
         finally:
-            if temporary is not None:
-                try:
-                    os.unlink(temporary)
-                except OSError:
-                    pass
             if lock is not None:
                 os.close(lock)  # releases the lock
         self._loaded = dict((key, entry["changed_at"]) for key, entry in commits.items())
