@@ -18,6 +18,9 @@ description:
   - The message taken is whichever is at the head of the queue; a check that must not consume
     real work should use a queue of its own.
   - An empty queue is not an error; RV(empty) says so.
+  - The message is taken by a short-lived consumer (prefetch 1), so queues with a single active
+    consumer (testfleet's C(events)) can be read too; while another consumer is the active one
+    of such a queue, nothing comes and the result is RV(empty).
 extends_documentation_fragment:
   - testfleet.infra.amqp
   - ansible.builtin.action_common_attributes
@@ -149,6 +152,7 @@ from ansible_collections.testfleet.infra.plugins.module_utils.amqp import pika
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
 
 POLL_INTERVAL = 0.2
+SETTLE = 5.0      # seconds a ready message may take to reach the consumer
 
 
 def _plain(value):
@@ -177,21 +181,39 @@ def _body(raw):
 
 
 def _take(channel, queue, wait):
-    """basic_get until a message arrives or ``wait`` seconds passed; (method, properties, body)."""
+    """Take one message with a consumer (prefetch 1), waiting up to ``wait`` seconds.
+
+    Return (method, properties, body, remaining), method None when nothing came. A consumer, not
+    basic.get: quorum queues with a single active consumer (``events``) refuse basic.get. The
+    message stays unacked (the consumer already cancelled) until the caller acks or rejects it.
+    """
+    channel.basic_qos(prefetch_count=1)
     deadline = time.monotonic() + wait
     while True:
-        method, properties, body = channel.basic_get(queue)
+        ready = channel.queue_declare(queue, passive=True).method.message_count
         remaining = deadline - time.monotonic()
-        if method is not None or remaining <= 0:
-            return method, properties, body
-        channel.connection.sleep(min(POLL_INTERVAL, remaining))
+        if ready or remaining > 0:
+            # a ready message arrives within milliseconds; SETTLE bounds the wait when another
+            # consumer of a single-active-consumer queue is the active one
+            timeout = max(remaining, SETTLE) if ready else min(POLL_INTERVAL, remaining)
+            for method, properties, body in channel.consume(queue, inactivity_timeout=timeout):
+                break
+            # stop the consumer before the message is acked or rejected: else the broker hands it
+            # the next (or the same) message at once, and cancelling would requeue that one,
+            # counting a delivery against it
+            channel.cancel()
+            if method is not None:
+                left = channel.queue_declare(queue, passive=True).method.message_count
+                return method, properties, body, left
+        if time.monotonic() >= deadline:
+            return None, None, None, 0
 
 
-def _message_result(method, properties, body):
+def _message_result(method, properties, body, remaining):
     headers = _plain(properties.headers or {})
     parsed, is_json = _body(body)
     return dict(
-        changed=True, empty=False, message_count=method.message_count,
+        changed=True, empty=False, message_count=remaining,
         message_id=properties.message_id, body=parsed, body_is_json=is_json,
         content_type=properties.content_type, headers=headers,
         delivery_count=headers.get("x-delivery-count", 0), redelivered=method.redelivered,
@@ -203,19 +225,19 @@ def run(module, channel):
     if module.check_mode:
         count = channel.queue_declare(queue, passive=True).method.message_count
         module.exit_json(changed=count > 0, empty=count == 0, message_count=count)
-    method, properties, body = _take(channel, queue, module.params["wait"])
+    method, properties, body, remaining = _take(channel, queue, module.params["wait"])
     if method is None:
         module.exit_json(changed=False, empty=True, message_count=0)
     if wanted_id is not None and properties.message_id != wanted_id:
         channel.basic_nack(method.delivery_tag, requeue=True)
         module.fail_json(
-            changed=False, empty=False, message_count=method.message_count + 1,
+            changed=False, empty=False, message_count=remaining + 1,
             found_message_id=properties.message_id,
             msg="the message at the head of queue %r has message_id %r, not %r: it was put back "
                 "(this counts as a delivery towards the queue's delivery limit)"
                 % (queue, properties.message_id, wanted_id))
     channel.basic_ack(method.delivery_tag)
-    module.exit_json(**_message_result(method, properties, body))
+    module.exit_json(**_message_result(method, properties, body, remaining))
 
 
 def main():

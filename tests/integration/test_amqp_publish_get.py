@@ -174,3 +174,18 @@ def test_an_unreachable_port(run_module, amqp_options):
     assert result["failed"] is True
     assert result["error"] == "BrokerUnreachable"
     assert result["msg"].startswith("cannot reach the broker at amqp://127.0.0.1:%d/" % port)
+
+
+def test_get_from_a_single_active_consumer_queue(run_module, amqp_options, topology, prefix, cleanup):
+    # quorum queues with a single active consumer (events) refuse basic.get: amqp_get consumes
+    sac = dict(topology, queues=[{"name": prefix + "events", "single_active_consumer": True}])
+    cleanup["queues"].add(prefix + "events")
+    assert run_module("amqp_topology", dict(amqp_options, topology=sac))["changed"]
+    for number in (1, 2):
+        assert run_module("amqp_publish", dict(amqp_options, queue=prefix + "events", exchange=sac["exchange"],
+                                               job=make_job(number)))["changed"]
+    first = run_module("amqp_get", dict(amqp_options, queue=prefix + "events", message_id="job-1"))
+    assert (first["message_id"], first["message_count"], first["delivery_count"]) == ("job-1", 1, 0)
+    second = run_module("amqp_get", dict(amqp_options, queue=prefix + "events", wait=2))
+    assert (second["message_id"], second["message_count"], second["redelivered"]) == ("job-2", 0, False)
+    assert run_module("amqp_get", dict(amqp_options, queue=prefix + "events"))["empty"] is True
