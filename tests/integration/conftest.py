@@ -33,14 +33,15 @@ def vhost(amqp_settings):
     return amqp_settings.parameters().virtual_host
 
 
-@pytest.fixture
-def restart_broker():
-    """``restart()`` of broker.py next to this file: restarts the local broker, waits until it is up."""
+@pytest.fixture(scope="session")
+def restart_broker(amqp_settings):
+    """``restart()`` of broker.py next to this file: restarts the local broker and waits until it
+    accepts AMQP and can declare a quorum queue again."""
     spec = importlib.util.spec_from_file_location(
         "testfleet_test_broker", pathlib.Path(__file__).with_name("broker.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.restart
+    return lambda timeout=180: module.restart(timeout, settings=amqp_settings)
 
 
 @pytest.fixture

@@ -61,7 +61,8 @@ class Stack:
             for queue in (self.events, self.tests):
                 ensure_queue(connection.channel(), self.topology, queue)
         finally:
-            connection.close()
+            if connection.is_open:
+                connection.close()
         self.sha = self._make_repository(test_script)
         github.add_repo(REPO)
         github.add_pull(REPO, PULL, self.sha, author="alice", author_association="MEMBER")
@@ -107,6 +108,7 @@ class Stack:
         log = open(self.tmp / "webhook.log", "ab")
         self.webhook = subprocess.Popen([sys.executable, str(WEBHOOK_BIN), "--config", str(self.config)],
                                         stdout=log, stderr=log)
+
         def healthy():
             try:
                 return urllib.request.urlopen("http://127.0.0.1:%d/healthz" % self.port, timeout=2).status == 200
@@ -272,7 +274,7 @@ def test_a_cold_start_rebuilds_the_lost_job(make_stack):
     finally:
         connection.close()
     cli = subprocess.run([sys.executable, str(REPO_ROOT / "bin" / "testfleet"), "--config", str(stack.config),
-                          "scan", "--rebuild", REPO], capture_output=True, text=True, timeout=60)
+                          "scan", "--rebuild", REPO], capture_output=True, text=True, timeout=60, check=False)
     assert cli.returncode == 0, cli.stderr
     wait_for(lambda: queue_depth(stack, stack.tests) == 1, 120, what="the rebuilt test job")
     stack.start_worker(1, stack.config_for([stack.tests]))

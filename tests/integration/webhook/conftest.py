@@ -8,7 +8,6 @@ its JSON log. ``deliveries`` are the fixture deliveries: the project's own
 that folder exists.
 """
 
-import importlib.util
 import json
 import pathlib
 import signal
@@ -246,10 +245,3 @@ def webhook(start_webhook):
     return start_webhook()
 
 
-@pytest.fixture(scope="session")
-def restart_broker():
-    """``restart()`` of tests/integration/broker.py (the shared broker-restart helper)."""
-    spec = importlib.util.spec_from_file_location("testfleet_test_broker", REPO_ROOT / "tests" / "integration" / "broker.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.restart

@@ -116,8 +116,8 @@ def test_superseded_when_the_pull_request_moves_or_closes(github, reporter):
 def test_an_unchanged_pull_request_costs_no_rate_limit(github, reporter):
     reporter.superseded(job())
     before = github.counted
-    for _ in range(3):
-        reporter.superseded(job())
+    for attempt in range(3):
+        assert reporter.superseded(job()) is None, attempt
     assert github.counted == before
 
 
