@@ -10,13 +10,26 @@ import time
 import uuid
 
 
-def restart(timeout=180, settings=None):
+def restart(timeout=180, settings=None, attempts=3):
     """Restart rabbitmq-server (through systemd when it runs) and wait until it accepts AMQP.
 
-    With ``settings`` (an AmqpSettings), also wait until a quorum queue can be declared: right
-    after a restart the broker recovers its quorum queues, and a declaration can fail with
-    INTERNAL_ERROR meanwhile.
+    With ``settings`` (an AmqpSettings), also wait until a quorum queue with an at-least-once
+    dead-letter strategy can be declared. Right after a restart the broker recovers its queues
+    and a declaration can fail meanwhile; and RabbitMQ 3.10 (Debian 12) can lose its
+    dead-letter worker supervisor for good when queues are deleted while it recovers them
+    (``rabbit_fifo_dlx_sup`` reaches its restart intensity): every such declaration then fails
+    with INTERNAL_ERROR until the next restart, so the broker is restarted again.
     """
+    for dummy in range(attempts):
+        deadline = time.monotonic() + timeout
+        _restart_once(timeout, deadline)
+        if settings is None or _quorum_queues_work(settings, time.monotonic() + 60):
+            return
+    raise RuntimeError("RabbitMQ cannot declare a quorum queue with a dead-letter exchange after %d restarts"
+                       % attempts)
+
+
+def _restart_once(timeout, deadline):
     if os.path.isdir("/run/systemd/system"):
         commands = [["systemctl", "restart", "rabbitmq-server"]]
     else:
@@ -26,35 +39,35 @@ def restart(timeout=180, settings=None):
         subprocess.run(command, check=True, capture_output=True, timeout=timeout)
     # Right after `rabbitmq-server -detached` the node may not be registered yet and
     # await_startup exits 69 at once: try again until the deadline.
-    deadline = time.monotonic() + timeout
     while True:
         done = subprocess.run(["rabbitmqctl", "await_startup", "--timeout", "120"],
                               capture_output=True, timeout=timeout, check=False)
         if done.returncode == 0:
-            break
+            return
         if time.monotonic() > deadline:
             raise RuntimeError("RabbitMQ did not start: %s" % done.stderr.decode(errors="replace"))
         time.sleep(1)
-    if settings is not None:
-        _wait_for_quorum_queues(settings, deadline)
 
 
-def _wait_for_quorum_queues(settings, deadline):
+def _quorum_queues_work(settings, deadline):
+    """Whether a quorum queue with an at-least-once dead-letter exchange can be declared."""
     from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 
     probe = "testfleet-restart-probe-%s" % uuid.uuid4().hex[:8]
+    arguments = {"x-queue-type": "quorum", "x-dead-letter-exchange": "amq.fanout",
+                 "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
     while True:
         try:
             connection = amqp.connect(settings)
             try:
                 channel = connection.channel()
-                channel.queue_declare(probe, durable=True, arguments={"x-queue-type": "quorum"})
+                channel.queue_declare(probe, durable=True, arguments=arguments)
                 channel.queue_delete(probe)
-                return
+                return True
             finally:
                 if connection.is_open:
                     connection.close()
-        except Exception as exc:  # not ready yet
+        except Exception:  # not ready yet, or broken until restarted
             if time.monotonic() > deadline:
-                raise RuntimeError("RabbitMQ cannot declare a quorum queue after its restart: %s" % exc)
+                return False
             time.sleep(1)

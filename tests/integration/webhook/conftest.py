@@ -243,5 +243,3 @@ def start_webhook(tmp_path_factory, amqp_settings, amqp_options, prefix, cleanup
 def webhook(start_webhook):
     """A webhook with the default settings."""
     return start_webhook()
-
-
