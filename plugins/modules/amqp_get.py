@@ -43,6 +43,15 @@ options:
         with requeue, which counts as a delivery towards the queue's delivery limit), nothing is
         taken and the module fails naming the id it found.
     type: str
+  discard_pattern:
+    description:
+      - With O(message_id), a regular expression (Python, matched at the start) of message ids
+        that may be dropped on the way: a message at the head of the queue whose id matches it
+        and is not O(message_id) is acknowledged (removed) and the next one is looked at, up to
+        100 of them. For leftovers of earlier checks, for example C(^sample-) for the deploy's
+        sample deliveries; never give a pattern that real work could match.
+      - They are returned in RV(discarded).
+    type: str
 attributes:
   action_group:
     description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
@@ -78,6 +87,13 @@ EXAMPLES = r"""
   register: taken
   failed_when: taken.empty
 
+- name: Read back the sample delivery, dropping samples of earlier checks that were left there
+  testfleet.infra.amqp_get:
+    queue: events
+    message_id: "{{ sample_id }}"
+    discard_pattern: "^sample-"
+    wait: 10
+
 - name: Look at the oldest dead-lettered message (it is removed from the queue)
   testfleet.infra.amqp_get:
     queue: dead-letter
@@ -85,6 +101,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+discarded:
+  description: Ids of the messages dropped because they matched O(discard_pattern).
+  returned: always
+  type: list
+  elements: str
+  sample: [sample-1795669479469217681]
 empty:
   description: Whether no message was taken because the queue was empty (after O(wait)).
   returned: always
@@ -146,12 +168,14 @@ routing_key:
 
 import datetime
 import json
+import re
 import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp import pika
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
 
 POLL_INTERVAL = 0.2
+MAX_DISCARDED = 100
 SETTLE = 5.0      # seconds a ready message may take to reach the consumer
 
 
@@ -222,22 +246,38 @@ def _message_result(method, properties, body, remaining):
 
 def run(module, channel):
     queue, wanted_id = module.params["queue"], module.params["message_id"]
+    pattern = module.params["discard_pattern"]
+    if pattern is not None:
+        if wanted_id is None:
+            module.fail_json(msg="discard_pattern needs message_id (what to look for)")
+        try:
+            pattern = re.compile(pattern)
+        except re.error as exc:
+            module.fail_json(msg="discard_pattern is not a valid regular expression: %s" % exc)
     if module.check_mode:
         count = channel.queue_declare(queue, passive=True).method.message_count
-        module.exit_json(changed=count > 0, empty=count == 0, message_count=count)
-    method, properties, body, remaining = _take(channel, queue, module.params["wait"])
-    if method is None:
-        module.exit_json(changed=False, empty=True, message_count=0)
-    if wanted_id is not None and properties.message_id != wanted_id:
+        module.exit_json(changed=count > 0, empty=count == 0, message_count=count, discarded=[])
+    discarded = []
+    while True:
+        method, properties, body, remaining = _take(channel, queue, module.params["wait"])
+        if method is None:
+            module.exit_json(changed=bool(discarded), empty=True, message_count=0, discarded=discarded)
+        found = properties.message_id
+        if wanted_id is None or found == wanted_id:
+            break
+        if pattern is not None and found and pattern.match(found) and len(discarded) < MAX_DISCARDED:
+            channel.basic_ack(method.delivery_tag)
+            discarded.append(found)
+            continue
         channel.basic_nack(method.delivery_tag, requeue=True)
         module.fail_json(
-            changed=False, empty=False, message_count=remaining + 1,
-            found_message_id=properties.message_id,
+            changed=bool(discarded), empty=False, message_count=remaining + 1, discarded=discarded,
+            found_message_id=found,
             msg="the message at the head of queue %r has message_id %r, not %r: it was put back "
                 "(this counts as a delivery towards the queue's delivery limit)"
-                % (queue, properties.message_id, wanted_id))
+                % (queue, found, wanted_id))
     channel.basic_ack(method.delivery_tag)
-    module.exit_json(**_message_result(method, properties, body, remaining))
+    module.exit_json(discarded=discarded, **_message_result(method, properties, body, remaining))
 
 
 def main():
@@ -246,6 +286,7 @@ def main():
             queue=dict(type="str", required=True),
             wait=dict(type="float", default=0),
             message_id=dict(type="str"),
+            discard_pattern=dict(type="str"),
         ),
         supports_check_mode=True,
     )

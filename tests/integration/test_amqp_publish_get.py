@@ -189,3 +189,18 @@ def test_get_from_a_single_active_consumer_queue(run_module, amqp_options, topol
     second = run_module("amqp_get", dict(amqp_options, queue=prefix + "events", wait=2))
     assert (second["message_id"], second["message_count"], second["redelivered"]) == ("job-2", 0, False)
     assert run_module("amqp_get", dict(amqp_options, queue=prefix + "events"))["empty"] is True
+
+
+def test_get_drops_leftovers_that_match_the_discard_pattern(run_module, amqp_options, queues, inspect):
+    publish(run_module, amqp_options, queues, make_job(1, id="sample-old-1"))
+    publish(run_module, amqp_options, queues, make_job(2, id="sample-old-2"))
+    publish(run_module, amqp_options, queues, make_job(3, id="real-work"))
+    publish(run_module, amqp_options, queues, make_job(4, id="sample-new"))
+    refused = run_module("amqp_get", dict(amqp_options, queue=queues["work"], message_id="sample-new",
+                                          discard_pattern="^sample-"))
+    # the leftovers went, the real job stopped the search and is still there
+    assert refused["failed"] is True and refused["found_message_id"] == "real-work"
+    assert refused["discarded"] == ["sample-old-1", "sample-old-2"]
+    assert inspect.message_count(queues["work"], expected=2) == 2
+    bad = run_module("amqp_get", dict(amqp_options, queue=queues["work"], discard_pattern="^sample-"))
+    assert bad["failed"] is True and bad["msg"] == "discard_pattern needs message_id (what to look for)"
