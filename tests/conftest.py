@@ -6,20 +6,26 @@ from this checkout, wherever it is) and handed to ansible-playbook as its collec
 
 The fake GitHub server (``tests/fake_github.py``) is loaded as the module ``fake_github``
 (so tests may ``import fake_github`` too); the fixture ``fake_github`` is a running instance.
+The fixture ``moto_server`` is a real moto_server (S3) on 127.0.0.1, stopped afterwards.
 
 The broker comes from the environment: ``TESTFLEET_AMQP_URL`` (default
 ``amqp://guest:guest@127.0.0.1:5672/``) and optionally ``TESTFLEET_AMQP_PASSWORD_FILE``,
 ``TESTFLEET_AMQP_CA_FILE``, ``TESTFLEET_AMQP_CERT_FILE``, ``TESTFLEET_AMQP_KEY_FILE``.
 """
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
 import pathlib
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 import pytest
 
@@ -87,6 +93,32 @@ def fake_github():
     """A running, empty fake GitHub (``fake_github.FakeGitHub``): ``.url``, ``.token``, ``add_repo()``..."""
     with _load_fake_github().FakeGitHub() as server:
         yield server
+
+
+@pytest.fixture
+def moto_server():
+    """A real moto_server (S3) on 127.0.0.1 and a free port: yields its endpoint URL."""
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = "http://127.0.0.1:%d" % port
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(10)
+                pytest.fail("moto_server did not start on port %d (exit status %s)" % (port, proc.returncode))
+            time.sleep(0.1)
+    yield endpoint
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 
 Every test gets its own queue topology (``wt-<random>.*``: exchange, work queue, dead-letter
 exchange and queue), deleted afterwards; the shared default queues are never touched. Servers
-(moto_server, a TCP proxy in front of the broker, an HTTP server) listen on 127.0.0.1 on free
-ports and are stopped by their fixtures.
+(a TCP proxy in front of the broker, an HTTP server; moto_server comes from tests/conftest.py)
+listen on 127.0.0.1 on free ports and are stopped by their fixtures.
 """
 
 import os
 import subprocess
 import sys
-import urllib.request
 import uuid
 
 import pytest
@@ -17,7 +16,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from worker_helpers import Broker, TcpProxy, WorkerProcess, free_port, git, wait_for  # noqa: E402
+from worker_helpers import Broker, TcpProxy, WorkerProcess, git  # noqa: E402
 
 
 @pytest.fixture
@@ -83,27 +82,6 @@ def make_repo(tmp_path):
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
         return "file://%s" % repo, sha
     return make
-
-
-@pytest.fixture
-def moto_server():
-    """A real moto_server (S3) on 127.0.0.1: yields its endpoint URL."""
-    port = free_port()
-    moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = "http://127.0.0.1:%d" % port
-
-    def ready():
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
-            return True
-        except OSError:
-            return proc.poll() is not None
-    wait_for(ready, 20, what="moto_server")
-    assert proc.poll() is None, "moto_server exited"
-    yield endpoint
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture

@@ -167,6 +167,12 @@ def test_shipper_never_blocks_the_producer_and_close_gives_up(tmp_path):
     for dummy in range(200):
         shipper.poke(spool.append("output line\n"))
     assert time.monotonic() - started < 0.5
+    # close while the shipper's thread is stuck in the slow store (on a loaded machine the
+    # thread may not have begun its first upload yet)
+    deadline = time.monotonic() + 10
+    while not store.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.calls
     started = time.monotonic()
     assert shipper.close(0.5) is False
     assert time.monotonic() - started < 1.5
