@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: testfleet developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Replace a file atomically: readers see the old content or the new, never a part."""
+"""Files replaced atomically (readers see the old content or the new, never a part), and the
+small file operations that go with it."""
 
 from __future__ import annotations
 
@@ -25,3 +26,25 @@ def replace_file(path, data, prefix=".tmp-"):
         except OSError:
             pass
         raise
+
+
+def remove_quietly(path):
+    """Remove the file ``path`` if it is there; errors are ignored."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def fsync_dir(path):
+    """Flush the directory ``path`` (a rename in it survives a crash); errors are ignored."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

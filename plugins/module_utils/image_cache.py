@@ -39,6 +39,7 @@ import os
 import tempfile
 import time
 
+from ansible_collections.testfleet.infra.plugins.module_utils.atomic_file import fsync_dir, remove_quietly
 from ansible_collections.testfleet.infra.plugins.module_utils.images import (
     CHUNK,
     ImageError,
@@ -276,9 +277,9 @@ class ImageCache:
     def remove(self, ref, lock_file=False):
         """Remove everything cached of ``ref`` (hold its lock); the lock file too if asked."""
         for path in (self.manifest_path(ref), self.image_path(ref), self.sidecar_path(ref), self.partial_path(ref)):
-            _remove(path)
+            remove_quietly(path)
         if lock_file:
-            _remove(self.lock_path(ref))
+            remove_quietly(self.lock_path(ref))
 
     # -- fetching --
     def fetch(self, store, ref, verify="sidecar", lock_timeout=3600.0, retries=3, progress=None, check_mode=False,
@@ -329,7 +330,7 @@ class ImageCache:
             downloaded, resumed_from = self._download(store, ref, size, retries, progress, sleep)
             path = self.image_path(ref)
             os.replace(self.partial_path(ref), path)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             self._write_sidecar(ref, os.stat(path))
             _atomic_write(self.manifest_path(ref), manifest_bytes(manifest), mode=0o444)
             result.update(manifest=manifest, size=size, changed=True, downloaded_bytes=downloaded,
@@ -407,7 +408,7 @@ class ImageCache:
             if length == size and digest == ref.sha256:
                 os.chmod(partial, 0o444)
                 return downloaded, resumed_from
-            _remove(partial)
+            remove_quietly(partial)
             if resumed_from and not restarted:
                 # the part kept from before may be what is wrong: once more, from the first byte
                 restarted = True
@@ -538,25 +539,5 @@ def _atomic_write(path, data, mode=0o644):
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        _remove(tmp)
+        remove_quietly(tmp)
         raise
-
-
-def _remove(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -42,6 +42,8 @@ import re
 import tempfile
 from urllib.parse import unquote, urlsplit
 
+from ansible_collections.testfleet.infra.plugins.module_utils.atomic_file import fsync_dir, remove_quietly
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 IMAGE_SUFFIX = ".qcow2"
@@ -440,7 +442,7 @@ class DirectoryStore(ImageStore):
     def _commit(self, tmp, file_name):
         os.chmod(tmp, 0o644)
         os.replace(tmp, self._path(file_name))
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def put_bytes(self, file_name, data):
         path = self._path(file_name)
@@ -453,7 +455,7 @@ class DirectoryStore(ImageStore):
                     os.fsync(handle.fileno())
                 self._commit(tmp, file_name)
             except BaseException:
-                _remove(tmp)
+                remove_quietly(tmp)
                 raise
         except OSError as exc:
             raise self._fail("write", path, exc)
@@ -479,7 +481,7 @@ class DirectoryStore(ImageStore):
                 _check_transfer(reader, ref, size, "copy to %s" % self.root)
                 self._commit(tmp, ref.image_file)
             except BaseException:
-                _remove(tmp)
+                remove_quietly(tmp)
                 raise
         except OSError as exc:
             raise self._fail("write", target, exc)
@@ -537,7 +539,7 @@ class DirectoryStore(ImageStore):
             return []
 
     def delete_incoming(self, file_name):
-        _remove(os.path.join(self.root, INCOMING, os.path.basename(file_name)))
+        remove_quietly(os.path.join(self.root, INCOMING, os.path.basename(file_name)))
 
 
 class S3Store(ImageStore):
@@ -843,23 +845,3 @@ def publish_image(store, path, manifest=None, check_mode=False, progress=None):
     result["manifest"] = after["manifest"]
     result["after"] = after
     return result
-
-
-def _remove(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
