@@ -46,7 +46,7 @@ options:
   discard_pattern:
     description:
       - With O(message_id), a regular expression (Python, matched at the start) of message ids
-        that may be dropped on the way: a message at the head of the queue whose id matches it
+        that may be dropped on the way. A message at the head of the queue whose id matches it
         and is not O(message_id) is acknowledged (removed) and the next one is looked at, up to
         100 of them. For leftovers of earlier checks, for example C(^sample-) for the deploy's
         sample deliveries; never give a pattern that real work could match.
