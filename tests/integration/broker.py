@@ -23,7 +23,12 @@ def restart(timeout=180, settings=None, attempts=3):
     for dummy in range(attempts):
         deadline = time.monotonic() + timeout
         _restart_once(timeout, deadline)
-        if settings is None or _quorum_queues_work(settings, time.monotonic() + 60):
+        if settings is None:
+            return
+        # A queue deleted while the broker still starts its dead-letter worker kills that worker
+        # in a loop and takes the supervisor down: let every queue come up and settle first.
+        if (_quorum_queues_work(settings, time.monotonic() + 60) and _queues_running(deadline)
+                and _settled() and _quorum_queues_work(settings, time.monotonic() + 10)):
             return
     raise RuntimeError("RabbitMQ cannot declare a quorum queue with a dead-letter exchange after %d restarts"
                        % attempts)
@@ -47,6 +52,28 @@ def _restart_once(timeout, deadline):
         if time.monotonic() > deadline:
             raise RuntimeError("RabbitMQ did not start: %s" % done.stderr.decode(errors="replace"))
         time.sleep(1)
+
+
+def _queues_running(deadline):
+    """Wait until every queue of every vhost is running; False at the deadline."""
+    while True:
+        vhosts = subprocess.run(["rabbitmqctl", "list_vhosts", "-q", "--no-table-headers"], capture_output=True,
+                                text=True, check=False).stdout.split()
+        states = []
+        for vhost in vhosts:
+            listed = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "-p", vhost, "state"],
+                                    capture_output=True, text=True, check=False)
+            states += listed.stdout.split() if listed.returncode == 0 else ["unknown"]
+        if all(state == "running" for state in states):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+
+
+def _settled(seconds=3.0):
+    time.sleep(seconds)
+    return True
 
 
 def _quorum_queues_work(settings, deadline):

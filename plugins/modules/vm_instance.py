@@ -1,0 +1,369 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: testfleet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm_instance
+short_description: Boot a throwaway VM from a test image for a job, reachable over SSH, always torn down
+version_added: 0.2.0
+author:
+  - testfleet developers (@testfleet)
+description:
+  - With O(state=started), boots a VM (plain QEMU) on a throwaway qcow2 overlay of O(image) (the
+    image itself is never written), forwards a free port on 127.0.0.1 to the guest's SSH port,
+    and returns once the guest runs a command over SSH, within O(boot_timeout) seconds. The
+    result has what later tasks need to reach it (C(ssh), C(inventory_vars) for
+    M(ansible.builtin.add_host), C(ssh_config) for C(ssh -F)).
+  - Every boot gets a fresh SSH client key and host key, handed to the guest through QEMU's
+    fw_cfg (images made by M(testfleet.infra.vm_image) install them at boot). So the host key is
+    checked strictly, and no private key is shared between VMs or kept in an image.
+  - KVM when a probe shows it works on this host, else TCG (C(-accel tcg -cpu max)); see O(accel).
+  - Teardown is guaranteed. The VM runs under a small keeper process that stops it (and removes
+    the overlay) on O(state=absent), when the C(ansible-playbook) that started it ends in any way
+    (a cancelled or killed job included; see O(tie_to_playbook)), or after O(lifetime) seconds.
+    QEMU also dies with its keeper, even on SIGKILL.
+  - For images made by M(testfleet.infra.vm_image), the manifest next to the image says how to
+    boot it; its kernel and initrd are extracted once per image into O(boot_cache_dir) (needs
+    C(debugfs) of e2fsprogs and C(qemu-img)). Other images boot from their disk.
+  - Plain QEMU only (no libvirt). It needs no daemon, runs as any user (in group kvm for KVM) and
+    the VM's life is bound to the job's.
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+options:
+  name:
+    description:
+      - The VM's name, unique on this host under O(state_dir) (its run directory is
+        C(<state_dir>/<name>)). 1-64 letters, digits, C(.), C(_), C(-).
+    type: str
+    required: true
+  state:
+    description:
+      - C(started) boots the VM unless it already runs; C(absent) stops it and removes its run
+        directory.
+    type: str
+    choices: [started, absent]
+    default: started
+  image:
+    description:
+      - The qcow2 image to boot (for example the C(path) that M(testfleet.infra.image_fetch)
+        returns). Its manifest C(<name>-<sha256>.manifest.json) is read from the same directory
+        when there is one. Required with O(state=started).
+    type: path
+  state_dir:
+    description:
+      - Where VMs' run directories are (overlay, keys, C(ssh_config), console log, state).
+        Default C(~/.cache/testfleet/vms) of the user the module runs as.
+    type: path
+  boot_cache_dir:
+    description:
+      - Where kernels and initrds extracted from images are kept (one folder per image SHA-256).
+        Default C(~/.cache/testfleet/vm-boot).
+    type: path
+  accel:
+    description:
+      - C(auto) uses KVM only when a probe (booting the image's kernel under KVM) shows it works,
+        else TCG; the probe's result is kept in O(kvm_probe_file).
+    type: str
+    choices: [auto, kvm, tcg]
+    default: auto
+  kvm_probe_file:
+    description:
+      - The KVM probe's result, a JSON object with the keys C(kvm) (true or false) and C(reason). A worker can pass the
+        file its role keeps (C(<worker_home>/kvm-probe.json)). Default
+        C(~/.cache/testfleet/kvm-probe.json). Delete it to probe again.
+    type: path
+  memory:
+    description: MiB of memory.
+    type: int
+    default: 1024
+  cpus:
+    description: Virtual CPUs.
+    type: int
+    default: 2
+  forward_ports:
+    description:
+      - Guest TCP ports (besides 22) to forward from free ports on 127.0.0.1; C(forwarded_ports)
+        says which.
+    type: list
+    elements: int
+    default: []
+  boot_timeout:
+    description: Seconds to wait for the guest to answer over SSH before the VM is stopped and the task fails.
+    type: int
+    default: 300
+  lifetime:
+    description: Seconds after which the VM is stopped whatever happens (0 for no limit).
+    type: int
+    default: 10800
+  tie_to_playbook:
+    description:
+      - Stop the VM when the C(ansible-playbook) process that started it ends (normally, cancelled
+        or killed). Set to false to keep a VM for later playbooks (then only O(state=absent) and
+        O(lifetime) stop it).
+    type: bool
+    default: true
+  user:
+    description: The user to log in as. Default the image manifest's C(user), else C(tester).
+    type: str
+  kernel:
+    description: Boot this kernel (a host file) instead of what the manifest says.
+    type: path
+  initrd:
+    description: The initrd that goes with O(kernel).
+    type: path
+  cmdline:
+    description: The kernel command line with O(kernel) (default C(root=/dev/vda rw console=ttyS0)).
+    type: str
+  qemu:
+    description: The QEMU system emulator to run.
+    type: str
+    default: qemu-system-x86_64
+attributes:
+  platform:
+    platforms: posix
+  check_mode:
+    support: full
+    details: Reports whether the VM would be started or stopped; starts and stops nothing.
+  diff_mode:
+    support: full
+    details: The VM's state (running or absent) before and after.
+seealso:
+  - module: testfleet.infra.vm_image
+  - module: testfleet.infra.image_fetch
+"""
+
+EXAMPLES = r"""
+- name: Fetch the job's image into the worker's cache
+  testfleet.infra.image_fetch:
+    store_url: s3://testfleet-images/images
+    name: debian-12-3c2f...e1
+  register: image
+
+- name: Run the tests in a VM, torn down whatever happens
+  block:
+    - name: Boot a throwaway VM of the image
+      testfleet.infra.vm_instance:
+        name: "job-{{ job_id }}"
+        image: "{{ image.path }}"
+      register: vm
+
+    - name: Make the VM a host of this play
+      ansible.builtin.add_host:
+        name: testvm
+        groups: [vms]
+        ansible_host: "{{ vm.inventory_vars.ansible_host }}"
+        ansible_port: "{{ vm.inventory_vars.ansible_port }}"
+        ansible_user: "{{ vm.inventory_vars.ansible_user }}"
+        ansible_ssh_private_key_file: "{{ vm.inventory_vars.ansible_ssh_private_key_file }}"
+        ansible_ssh_common_args: "{{ vm.inventory_vars.ansible_ssh_common_args }}"
+
+    - name: Run the test suite in the VM
+      ansible.builtin.command:
+        argv: [ssh, -F, "{{ vm.ssh_config }}", "{{ vm.name }}", "cd project && make check"]
+      changed_when: false
+  always:
+    - name: Stop the VM
+      testfleet.infra.vm_instance:
+        name: "job-{{ job_id }}"
+        state: absent
+"""
+
+RETURN = r"""
+name:
+  description: The VM's name (also the host name in C(ssh_config)).
+  returned: always
+  type: str
+state:
+  description: C(running) or C(absent).
+  returned: always
+  type: str
+run_dir:
+  description: The VM's run directory.
+  returned: always
+  type: str
+ssh:
+  description: How to reach the guest's sshd.
+  returned: when started
+  type: dict
+  sample: {host: 127.0.0.1, port: 40123, user: tester, private_key_file: /root/.cache/testfleet/vms/job-1/id_ed25519,
+           known_hosts_file: /root/.cache/testfleet/vms/job-1/known_hosts, host_key_alias: testfleet-vm-job-1}
+ssh_config:
+  description: An OpenSSH client config with one host, the VM's name (C(ssh -F <ssh_config> <name> command)).
+  returned: when started
+  type: str
+inventory_vars:
+  description: Connection variables for M(ansible.builtin.add_host) (C(ansible_host), C(ansible_port), C(ansible_user),
+    C(ansible_ssh_private_key_file), C(ansible_ssh_common_args)).
+  returned: when started
+  type: dict
+forwarded_ports:
+  description: Guest port -> port on 127.0.0.1, for O(forward_ports).
+  returned: when started
+  type: dict
+accel:
+  description: C(kvm) or C(tcg), and C(accel_reason) says why.
+  returned: when started
+  type: str
+accel_reason:
+  description: Why this acceleration was used.
+  returned: when started
+  type: str
+boot_to_ssh_s:
+  description: Seconds from QEMU's start until the guest ran a command over SSH (when this task started the VM).
+  returned: when started
+  type: float
+keeper_pid:
+  description: The process that keeps the VM (SIGTERM stops the VM).
+  returned: when started
+  type: int
+qemu_pid:
+  description: QEMU's process (its own process group).
+  returned: when started
+  type: int
+console_log:
+  description: The guest's serial console.
+  returned: when started
+  type: str
+"""
+
+import json
+import os
+import pwd
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.testfleet.infra.plugins.module_utils import images, vm_run
+
+
+def _manifest_of(image):
+    try:
+        ref = images.parse_image_file_name(os.path.basename(image))
+    except images.ImageNameError:
+        return None
+    path = os.path.join(os.path.dirname(image), ref.manifest_file)
+    try:
+        with open(path, "rb") as handle:
+            return images.parse_manifest(handle.read(), ref, source=path)
+    except OSError:
+        return None
+
+
+def _started_result(state, run_dir):
+    target = vm_run.SshTarget(state["ssh"]["port"], state["ssh"]["user"], state["ssh"]["private_key_file"],
+                              state["ssh"]["known_hosts_file"], state["ssh"]["host_key_alias"])
+    return dict(state="running", run_dir=run_dir, ssh=target.describe(), ssh_config=os.path.join(run_dir, "ssh_config"),
+                inventory_vars=target.ansible_vars(), forwarded_ports={str(k): v for k, v in state["forwards"].items()},
+                accel=state["accel"], accel_reason=state["accel_reason"], keeper_pid=state["keeper_pid"],
+                qemu_pid=state["qemu_pid"], console_log=state["console"], image=state["image"],
+                boot_to_ssh_s=state.get("boot_to_ssh_s"))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            state=dict(type="str", choices=["started", "absent"], default="started"),
+            image=dict(type="path"),
+            state_dir=dict(type="path"),
+            boot_cache_dir=dict(type="path"),
+            accel=dict(type="str", choices=["auto", "kvm", "tcg"], default="auto"),
+            kvm_probe_file=dict(type="path"),
+            memory=dict(type="int", default=1024),
+            cpus=dict(type="int", default=2),
+            forward_ports=dict(type="list", elements="int", default=[]),
+            boot_timeout=dict(type="int", default=300),
+            lifetime=dict(type="int", default=10800),
+            tie_to_playbook=dict(type="bool", default=True),
+            user=dict(type="str"),
+            kernel=dict(type="path"),
+            initrd=dict(type="path"),
+            cmdline=dict(type="str"),
+            qemu=dict(type="str", default="qemu-system-x86_64"),
+        ),
+        required_if=[("state", "started", ("image",))],
+        supports_check_mode=True,
+    )
+    params = module.params
+    home = os.path.join(os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir, ".cache", "testfleet")
+    state_dir = params["state_dir"] or os.path.join(home, "vms")
+    try:
+        run_dir = vm_run.instance_dir(state_dir, params["name"])
+    except vm_run.VmError as exc:
+        module.fail_json(msg=str(exc))
+    current = vm_run.read_state(run_dir)
+    running = bool(current and current["running"] and current.get("state") == "running")
+    result = dict(changed=False, name=params["name"], run_dir=run_dir)
+
+    if params["state"] == "absent":
+        exists = current is not None or os.path.isdir(run_dir)
+        result.update(changed=exists, state="absent",
+                      diff={"before": {"state": "running" if running else ("stopped" if exists else "absent")},
+                            "after": {"state": "absent"}})
+        if exists and not module.check_mode:
+            try:
+                vm_run.stop_detached(run_dir)
+            except vm_run.VmError as exc:
+                module.fail_json(msg=str(exc), **result)
+        module.exit_json(**result)
+
+    image = os.path.abspath(params["image"])
+    if running and current.get("image") == image:
+        result.update(_started_result(current, run_dir))
+        result["boot_to_ssh_s"] = None
+        module.exit_json(**result)
+    result.update(changed=True, state="running",
+                  diff={"before": {"state": "running" if running else "absent",
+                                   "image": current.get("image") if current else None},
+                        "after": {"state": "running", "image": image}})
+    if module.check_mode:
+        module.exit_json(**result)
+    if not os.path.isfile(image):
+        module.fail_json(msg="no image at %s" % image, **result)
+    for tool in (params["qemu"], "qemu-img", "ssh", "ssh-keygen"):
+        if module.get_bin_path(tool) is None:
+            module.fail_json(msg="%s is not installed (Debian packages qemu-system-x86, qemu-utils, openssh-client)"
+                             % tool, **result)
+
+    try:
+        if current is not None or os.path.isdir(run_dir):
+            vm_run.stop_detached(run_dir)  # a stopped VM, or one of another image
+        manifest = _manifest_of(image)
+        boot = vm_run.boot_spec(image, manifest, params["boot_cache_dir"] or os.path.join(home, "vm-boot"),
+                                kernel=params["kernel"], initrd=params["initrd"], cmdline=params["cmdline"])
+        accel, reason = vm_run.choose_accel(params["accel"], kernel=boot.get("kernel_file"),
+                                            probe_file=params["kvm_probe_file"] or os.path.join(home, "kvm-probe.json"),
+                                            qemu=params["qemu"])
+        user = params["user"] or (manifest or {}).get("user") or "tester"
+        vm = vm_run.VirtualMachine(image, run_dir, boot=boot, user=user, accel=accel, accel_reason=reason,
+                                   memory=params["memory"], cpus=params["cpus"], forwards=params["forward_ports"],
+                                   qemu=params["qemu"], name=params["name"], keep_run_dir=True)
+        owner = vm_run.find_playbook_pid() if params["tie_to_playbook"] else None
+        state = vm_run.start_detached(vm, owner_pid=owner, lifetime=params["lifetime"] or None)
+    except vm_run.VmError as exc:
+        module.fail_json(msg="cannot start the VM %s: %s" % (params["name"], exc), **result)
+
+    target = vm_run.SshTarget(state["ssh"]["port"], state["ssh"]["user"], state["ssh"]["private_key_file"],
+                              state["ssh"]["known_hosts_file"], state["ssh"]["host_key_alias"])
+    try:
+        vm_run.wait_for_ssh(target, time.monotonic() + params["boot_timeout"],
+                            lambda: vm_run.process_alive(state["qemu_pid"], state["qemu_start"]), state["console"])
+    except vm_run.VmError as exc:
+        vm_run.stop_detached(run_dir)
+        module.fail_json(msg="the VM %s (%s: %s) did not come up: %s" % (params["name"], accel, reason, exc),
+                         **result)
+    state["boot_to_ssh_s"] = round(time.time() - state["started_at"], 2)
+    state_path = os.path.join(run_dir, vm_run.STATE_FILE)
+    with open(state_path + ".part", "w") as handle:
+        json.dump(state, handle, indent=1, sort_keys=True)
+    os.replace(state_path + ".part", state_path)
+    result.update(_started_result(state, run_dir))
+    result["owner_pid"] = owner
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
