@@ -462,7 +462,7 @@ class Steps:
             output.flush()
             start = output.tell()
             try:
-                proc = subprocess.run(argv, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, env=env, cwd=cwd,
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, env=env, cwd=cwd,
                                       input=input_data, check=False)
             except subprocess.TimeoutExpired:
                 raise BuildError("%s did not finish within %d s (output: %s)" % (what, timeout, self.output_path))
@@ -987,7 +987,7 @@ def customise_cloud_image(recipe, work_image, steps, accel, timeout=3600, qemu=N
             argv = vm_run.qemu_command(work_image, accel=accel, memory=memory, cpus=cpus, serial=serial, qemu=qemu,
                                        smbios=smbios_seed_argument(seed.url))
             try:
-                proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False,
                                       preexec_fn=vm_run._die_with_parent)
             except subprocess.TimeoutExpired:
                 raise BuildError("the cloud-init build did not power off within %d s: %s" % (timeout, _tail(serial)))

@@ -153,7 +153,7 @@ def _tail(path, lines=12):
 
 def _run(argv, what, timeout=120):
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise VmError("%s: %s" % (what, exc))
     if proc.returncode != 0:
@@ -226,7 +226,7 @@ def probe_kvm(kernel, qemu=None, timeout=20.0):
             "-no-reboot"]
     with tempfile.TemporaryFile() as output:
         try:
-            proc = subprocess.run(argv, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, check=False,
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, check=False,
                                   preexec_fn=_die_with_parent)
             status = proc.returncode
         except subprocess.TimeoutExpired:

@@ -54,6 +54,7 @@ def test_every_inventory_is_checked():
 @pytest.mark.parametrize("inventory", INVENTORIES, ids=lambda p: p.name)
 def test_inventory_parses_with_the_deploy_groups(inventory):
     out = subprocess.run([str(pathlib.Path(sys.executable).parent / "ansible-inventory"), "-i", str(inventory), "--list"], check=True,
+                         stdin=subprocess.DEVNULL,
                          capture_output=True, text=True).stdout
     groups = json.loads(out)
     for group in ("brokers", "webhooks", "workers"):

@@ -69,7 +69,7 @@ def probe(kernel, qemu, cpu, timeout, accel):
                "-append", "console=ttyS0 panic=-1 loglevel=3", "-no-reboot"]
     with tempfile.TemporaryFile() as output:
         try:
-            proc = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+            proc = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, check=False)
             status = proc.returncode
         except subprocess.TimeoutExpired:
             status = None
