@@ -7,7 +7,8 @@
 
 Without ``--url`` it starts ``bin/testfleet-webhook`` in its own process, with a config whose
 topology uses names of its own (``bench-<id>...``, deleted at the end), against the broker of
-``--amqp-url``. It sends the deliveries of ``tests/fixtures/webhooks/`` (and of
+``--amqp-url`` (default: ``TESTFLEET_AMQP_URL``; the password from ``--password-file`` or
+``TESTFLEET_AMQP_PASSWORD_FILE``). It sends the deliveries of ``tests/fixtures/webhooks/`` (and of
 ``../shared/fixtures/github-webhooks/`` when it exists) that the default event filter queues,
 each signed with the secret and with a unique ``X-GitHub-Delivery``, at concurrency 1, 8 and
 32 (one keep-alive connection each) for ``--duration`` seconds a level. The load generator is
@@ -218,7 +219,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--url", help="a running webhook's URL (default: start one)")
     parser.add_argument("--secret-file", help="the secret of the webhook at --url")
-    parser.add_argument("--amqp-url", default="amqp://127.0.0.1:5672/")
+    parser.add_argument("--amqp-url", default=os.environ.get("TESTFLEET_AMQP_URL", "amqp://127.0.0.1:5672/"))
+    parser.add_argument("--password-file", default=os.environ.get("TESTFLEET_AMQP_PASSWORD_FILE"),
+                        help="file holding the broker password of --amqp-url's user")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds a level")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each level")
     parser.add_argument("--levels", default="1,8,32")
@@ -234,7 +237,10 @@ def main(argv=None):
     deliveries = load_deliveries(FIXTURES, config.DEFAULT_EVENTS)
     if not deliveries:
         raise SystemExit("bench: no fixture deliveries found in %s" % FIXTURES)
-    settings = amqp.AmqpSettings(args.amqp_url, connection_name="bench")
+    amqp_section = {"url": args.amqp_url}
+    if args.password_file:
+        amqp_section["password_file"] = os.path.abspath(args.password_file)
+    settings = amqp.AmqpSettings(connection_name="bench", **amqp_section)
     run_id = "bench-%s" % uuid.uuid4().hex[:8]
     description = {"exchange": run_id, "dead_letter_exchange": run_id + ".dead-letter",
                    "dead_letter_queue": run_id + ".dead-letter", "queues": [run_id + ".events"]}
@@ -257,7 +263,7 @@ def main(argv=None):
                 handle.write(secret + b"\n")
             port = free_port()
             with open(os.path.join(workdir, "config.yml"), "w") as handle:
-                json.dump({"amqp": {"url": args.amqp_url},
+                json.dump({"amqp": amqp_section,
                            "webhook": {"listen": "127.0.0.1:%d" % port, "queue": queue,
                                        "secret_files": [secret_file]},
                            "topology": description}, handle)
