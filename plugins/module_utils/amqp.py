@@ -11,6 +11,7 @@ an error message or in ``repr`` of the settings: use :func:`redact_url` for anyt
 
 from __future__ import annotations
 
+import datetime
 import os
 import ssl
 import time
@@ -288,3 +289,20 @@ class ConfirmedPublisher:
     def close(self):
         if self.connection.is_open:
             self.connection.close()
+
+
+def plain(value):
+    """An AMQP header value as JSON data: pika's bytes, datetimes and int subclasses made plain."""
+    if isinstance(value, dict):
+        return dict((str(plain(k)), plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    return str(value)

@@ -124,21 +124,6 @@ def _text(value):
     return value
 
 
-def _plain(value):
-    """A header value as JSON-friendly data (pika gives bytes, datetimes, Decimals...)."""
-    if isinstance(value, dict):
-        return dict((str(_text(k)), _plain(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (datetime.datetime, datetime.date)):
-        return value.isoformat()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 # --- dead letters -------------------------------------------------------------------------------
 
 def describe_message(properties, body):
@@ -427,7 +412,7 @@ def peek(queue, vhost, limit, run=subprocess.run):
 
 def _emit(args, document, table):
     if args.json:
-        sys.stdout.write(json.dumps(_plain(document), sort_keys=True) + "\n")
+        sys.stdout.write(json.dumps(amqp.plain(document), sort_keys=True) + "\n")
     else:
         sys.stdout.write(table.rstrip("\n") + "\n")
 

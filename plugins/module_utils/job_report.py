@@ -60,14 +60,20 @@ class GitHubReporter:
         self.check_interval = check_interval
         self._now = now or (lambda: datetime.datetime.now(datetime.timezone.utc))
 
-    def _post(self, job, kind, target_url=None, reason=None, deadline=None):
-        """Post the status unless the context already has exactly this one; True if posted."""
+    def _current(self, job):
+        """(context, attempt, the context's current status or None): one read of GitHub."""
         github = github_report(job)
         context = github.get("context") or job["context"]
-        attempt = int(github.get("attempt") or 1)
+        return context, int(github.get("attempt") or 1), \
+            self.client.combined_status(job["repo"], job["sha"])["statuses"].get(context)
+
+    def _post(self, job, kind, target_url=None, reason=None, deadline=None, read=None):
+        """Post the status unless the context already has exactly this one; True if posted.
+
+        ``read`` is what :meth:`_current` returned, when the caller has read it already."""
+        context, attempt, current = read or self._current(job)
         state = statuses.github_state(kind)
         description = statuses.describe(kind, attempt=attempt, host=self.host_label, reason=reason, deadline=deadline)
-        current = self.client.combined_status(job["repo"], job["sha"])["statuses"].get(context)
         if current and (current.get("state"), current.get("description") or "", current.get("target_url") or "") == (
                 state, description, target_url or ""):
             return False
@@ -81,14 +87,13 @@ class GitHubReporter:
         A redelivered job whose attempt is already ``running`` (its first worker died or lost
         the broker) keeps that status: same attempt, same log link, one ``running`` per attempt.
         """
+        read = self._current(job)
         if redelivered:
-            github = github_report(job)
-            current = statuses.parse(self.client.combined_status(job["repo"], job["sha"])["statuses"].get(
-                github.get("context") or job["context"]))
-            if current is not None and current.kind == "running" and current.attempt == int(github.get("attempt") or 1):
+            parsed = statuses.parse(read[2])
+            if parsed is not None and parsed.kind == "running" and parsed.attempt == read[1]:
                 return False
         deadline = _deadline(self._now(), timeout + self.deadline_margin)
-        return self._post(job, "running", target_url=log_url, deadline=deadline)
+        return self._post(job, "running", target_url=log_url, deadline=deadline, read=read)
 
     def finished(self, job, result):
         """Post the outcome of a stored result."""
@@ -104,10 +109,8 @@ class GitHubReporter:
         it again); ``running`` of this attempt is expected on a redelivery, though: the worker
         that posted it died or gave the job back.
         """
-        github = github_report(job)
-        context = github.get("context") or job["context"]
-        attempt = int(github.get("attempt") or 1)
-        current = statuses.parse(self.client.combined_status(job["repo"], job["sha"])["statuses"].get(context))
+        context, attempt, status = self._current(job)
+        current = statuses.parse(status)
         if current is None or current.kind == "approval":
             return None
         if current.attempt > attempt:

@@ -57,13 +57,6 @@ import socket
 import sys
 import time
 
-try:
-    import yaml
-    HAS_YAML = True
-except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
-    yaml = None
-    HAS_YAML = False
-
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
 from ansible_collections.testfleet.infra.plugins.module_utils import events
@@ -84,56 +77,6 @@ EXIT_CONFIG = 2
 REASON_HEADER = "x-testfleet-reason"
 
 
-def _seconds_or_none(value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("must be a positive number of seconds")
-    return float(value)
-
-
-def _non_negative(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError("must be a number of seconds, 0 or more")
-    return float(value)
-
-
-def _positive_int(value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("must be a positive integer")
-    return value
-
-
-def _text(value):
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a non-empty string")
-    return value
-
-
-def _abs_path(value):
-    return os.path.abspath(os.path.expanduser(_text(value)))
-
-
-# Keys this program reads that config.py does not know yet (it refuses unknown keys, so they are
-# taken out before it validates the rest). Once config.py has one of them, config.py's wins.
-EXTRA_KEYS = {
-    "worker": {
-        "work_dir": (_abs_path, "/var/lib/testfleet/work"),
-        "metrics_dir": (_abs_path, "/var/lib/testfleet/metrics"),
-        "host_name": (_text, None),
-        "drain_timeout": (_seconds_or_none, None),
-        "retry_delay": (_non_negative, 10.0),
-        "clone_url": (_text, "https://github.com/{repo}.git"),
-        "log_flush_interval": (_seconds_or_none, 2.0),
-        "log_flush_bytes": (_positive_int, 65536),
-        "upload_timeout": (_seconds_or_none, 60.0),
-    },
-    "log_store": {
-        "region": (_text, None),
-    },
-}
-
-
 class WorkerConfig:
     """The parts of the config file the worker uses."""
 
@@ -149,35 +92,8 @@ class WorkerConfig:
 
 def load_config(path):
     """Read the config file; raise config.ConfigError naming what is wrong."""
-    if not HAS_YAML:
-        raise config_lib.ConfigError("the Python library PyYAML is required to read %s" % path)
-    try:
-        with open(path, "rb") as handle:
-            data = yaml.load(handle.read(), Loader=getattr(config_lib, "_Loader", yaml.SafeLoader))  # nosec - a SafeLoader
-    except OSError as exc:
-        raise config_lib.ConfigError("cannot read the config file %s: %s" % (path, exc.strerror or exc))
-    except yaml.YAMLError as exc:
-        raise config_lib.ConfigError("%s is not valid YAML: %s" % (path, exc))
-    extras = {}
-    if isinstance(data, dict):
-        for section, keys in EXTRA_KEYS.items():
-            given = data.get(section)
-            values = extras.setdefault(section, {})
-            known = config_lib.SCHEMA.get(section, {})
-            for key, (check, default) in keys.items():
-                if key in known:
-                    continue
-                value = given.pop(key, None) if isinstance(given, dict) else None
-                try:
-                    values[key] = default if value is None else check(value)
-                except ValueError as exc:
-                    raise config_lib.ConfigError("%s: %s.%s %s" % (path, section, key, exc))
-    config = config_lib.validate(data, path)
-    worker = dict(config.section("worker"))
-    worker.update(extras.get("worker", {}))
-    store = dict(config.section("log_store"))
-    store.update(extras.get("log_store", {}))
-    return WorkerConfig(config, worker, store)
+    config = config_lib.load(path)
+    return WorkerConfig(config, dict(config.section("worker")), dict(config.section("log_store")))
 
 
 def github_reporter(cfg, host_label):

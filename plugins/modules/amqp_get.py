@@ -166,34 +166,17 @@ routing_key:
   sample: tests.public
 """
 
-import datetime
 import json
 import re
 import time
 
+from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp import pika
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
 
 POLL_INTERVAL = 0.2
 MAX_DISCARDED = 100
 SETTLE = 5.0      # seconds a ready message may take to reach the consumer
-
-
-def _plain(value):
-    """AMQP header values as JSON types (bytes, times and pika's int types included)."""
-    if isinstance(value, dict):
-        return dict((str(k), _plain(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (datetime.datetime, datetime.date)):
-        return value.isoformat()
-    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    return str(value)
 
 
 def _body(raw):
@@ -234,7 +217,7 @@ def _take(channel, queue, wait):
 
 
 def _message_result(method, properties, body, remaining):
-    headers = _plain(properties.headers or {})
+    headers = amqp.plain(properties.headers or {})
     parsed, is_json = _body(body)
     return dict(
         changed=True, empty=False, message_count=remaining,

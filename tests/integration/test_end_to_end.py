@@ -105,9 +105,9 @@ class Stack:
                               text=True).stdout.strip()
 
     def start_webhook(self):
-        log = open(self.tmp / "webhook.log", "ab")
-        self.webhook = subprocess.Popen([sys.executable, str(WEBHOOK_BIN), "--config", str(self.config)],
-                                        stdout=log, stderr=log)
+        with open(self.tmp / "webhook.log", "ab") as log:
+            self.webhook = subprocess.Popen([sys.executable, str(WEBHOOK_BIN), "--config", str(self.config)],
+                                            stdout=log, stderr=log)
 
         def healthy():
             try:
@@ -258,7 +258,10 @@ def test_the_worker_killed_mid_job(make_stack):
     # the second worker takes the redelivered job and runs it again: the same attempt keeps its
     # running status, then success
     job_id = check_done(stack)
-    assert "redelivered" in stack.processes[-1].log or job_id in stack.processes[-1].log
+    result = json.loads((stack.logs / job_id / "result.json").read_text())
+    assert result["host"] == "e2e/1", stack.worker_logs()   # run again by the second worker
+    running = statuses.parse(stack.github.statuses(REPO, stack.sha, CONTEXT)[1])
+    assert running.host == "e2e/0"                          # the first worker's running status stays
 
 
 def test_a_cold_start_rebuilds_the_lost_job(make_stack):
