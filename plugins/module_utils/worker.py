@@ -429,7 +429,8 @@ def main(argv=None):
     try:
         cfg = load_config(args.config)
         worker = Worker(cfg, slot=args.slot)
-    except (config_lib.ConfigError, logstore.LogStoreError, topology_lib.TopologyError, amqp.AmqpError) as exc:
+    except (config_lib.ConfigError, logstore.LogStoreError, topology_lib.TopologyError, amqp.AmqpError,
+            forge.ForgeError) as exc:
         LOG.error("%s", exc)
         return EXIT_CONFIG
     if args.check:

@@ -114,3 +114,14 @@ def test_job_playbooks_exist():
 def test_main_reports_config_errors(tmp_path, capsys):
     assert worker_lib.main(["--config", str(tmp_path / "missing.yml")]) == worker_lib.EXIT_CONFIG
     assert worker_lib.main(["--config", str(tmp_path / "missing.yml"), "--slot", "../1"]) == worker_lib.EXIT_CONFIG
+
+
+def test_a_forge_section_the_worker_cannot_use_is_a_config_error(tmp_path, caplog):
+    config = tmp_path / "config.yml"
+    config.write_text("amqp: {url: 'amqp://127.0.0.1:1/'}\n"
+                      "worker: {queues: [tests.public], work_dir: %s, metrics_dir: %s}\n"
+                      "log_store: {url: 'file://%s'}\n"
+                      "forge: {api_url: 'https://github.example.org/api/v3', token_file: %s}\n"
+                      % (tmp_path / "work", tmp_path / "metrics", tmp_path / "logs", tmp_path / "token"))
+    assert worker_lib.main(["--config", str(config), "--check"]) == worker_lib.EXIT_CONFIG
+    assert str(tmp_path / "token") in caplog.text and "Traceback" not in caplog.text
