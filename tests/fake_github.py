@@ -24,6 +24,12 @@ and behaves like GitHub where the client's logic depends on it:
 - hooks: the secret is stored but never returned (``config.secret`` is ``"********"``); a
   ``PATCH`` with a ``config`` replaces the whole config, so a config without ``secret``
   removes the secret, as on GitHub;
+- files and branches: commits made with :meth:`FakeGitHub.add_commit` or ``PUT .../contents/...``
+  hold files; the contents API reads and writes them (base64, git blob SHAs, 409 on a stale
+  ``sha``, 422 when it is missing), ``git/refs`` creates and moves branches (a move that is not
+  a fast-forward needs ``force``), and a commit to a branch moves the head of the open pull
+  requests of that branch, as on GitHub; pull requests are opened and edited through the API
+  (422 when one is already open for the branch or the branch has no new commits);
 - unknown things are a 404 with GitHub's body.
 
 Every request is recorded (:attr:`FakeGitHub.requests`, with the credential masked) and
@@ -178,7 +184,15 @@ class FakeGitHub:
             ("GET", r"/repos/([^/]+/[^/]+)", self._get_repo),
             ("GET", r"/repos/([^/]+/[^/]+)/pulls", self._get_pulls),
             ("GET", r"/repos/([^/]+/[^/]+)/pulls/([0-9]+)", self._get_pull),
+            ("GET", r"/repos/([^/]+/[^/]+)/branches", self._get_branches),
             ("GET", r"/repos/([^/]+/[^/]+)/branches/(.+)", self._get_branch),
+            ("POST", r"/repos/([^/]+/[^/]+)/pulls", self._post_pull),
+            ("PATCH", r"/repos/([^/]+/[^/]+)/pulls/([0-9]+)", self._patch_pull),
+            ("GET", r"/repos/([^/]+/[^/]+)/contents/(.+)", self._get_contents),
+            ("PUT", r"/repos/([^/]+/[^/]+)/contents/(.+)", self._put_contents),
+            ("GET", r"/repos/([^/]+/[^/]+)/git/ref/heads/(.+)", self._get_git_ref),
+            ("POST", r"/repos/([^/]+/[^/]+)/git/refs", self._post_git_ref),
+            ("PATCH", r"/repos/([^/]+/[^/]+)/git/refs/heads/(.+)", self._patch_git_ref),
             ("GET", r"/repos/([^/]+/[^/]+)/commits/(.+)/status", self._get_combined_status),
             ("GET", r"/repos/([^/]+/[^/]+)/commits/(.+)/statuses", self._get_statuses),
             ("POST", r"/repos/([^/]+/[^/]+)/statuses/([^/]+)", self._post_status),
@@ -266,13 +280,33 @@ class FakeGitHub:
                 self._repos[repo] = {
                     "full_name": repo, "default_branch": default_branch, "private": private,
                     "created_at": now, "branches": {}, "pulls": {}, "statuses": {}, "comments": {},
-                    "hooks": {}, "permissions": {}}
+                    "hooks": {}, "permissions": {}, "commits": {}}
             return self._repo_body(repo)
 
     def set_branch(self, repo, branch, sha):
         """Point ``branch`` of ``repo`` at ``sha`` (creating it)."""
         with self._lock:
             self._repo(repo)["branches"][branch] = sha
+
+    def add_commit(self, repo, files, branch=None, parent=None, message="Change files", author=None):
+        """Make a commit of ``repo`` whose files are those of ``parent`` (default: the head of
+        ``branch``, if it exists) changed by ``files`` (path -> text or bytes; None removes the
+        path); with ``branch``, point the branch at it. Returns the commit's SHA."""
+        with self._lock:
+            return self._commit(repo, files, branch, parent, message, author or self.login)
+
+    def file_at(self, repo, ref, path):
+        """The bytes of ``path`` at ``ref`` (a branch or commit SHA), or None."""
+        with self._lock:
+            data = self._repo(repo)
+            sha = data["branches"].get(ref, ref)
+            return data["commits"].get(sha, {}).get("files", {}).get(path)
+
+    def pulls(self, repo):
+        """Every pull request of ``repo`` as an API body, newest first."""
+        with self._lock:
+            data = self._repo(repo)
+            return [self._pull_body(repo, p, full=True) for n, p in sorted(data["pulls"].items(), reverse=True)]
 
     def add_pull(self, repo, number, head_sha, base="main", author="alice", author_association="MEMBER",
                  draft=False, labels=(), state="open", head_ref=None, head_repo=None, title=None):
@@ -778,6 +812,70 @@ class FakeGitHub:
             return ref
         raise _error(404, "No commit found for SHA: %s" % ref)
 
+    def _commit(self, repo, files, branch, parent, message, author):
+        data = self._repo(repo)
+        if parent is None and branch is not None:
+            parent = data["branches"].get(branch)
+        tree = dict(data["commits"].get(parent, {}).get("files", {})) if parent else {}
+        for path, content in (files or {}).items():
+            if content is None:
+                tree.pop(path, None)
+            else:
+                tree[path] = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+        digest = hashlib.sha1(json.dumps([parent, message, author, self._now(), sorted(
+            (path, hashlib.sha1(blob).hexdigest()) for path, blob in tree.items())]).encode("utf-8"))
+        digest.update(str(len(data["commits"])).encode("ascii"))
+        sha = digest.hexdigest()
+        data["commits"][sha] = {"files": tree, "parents": [parent] if parent else [], "message": message,
+                                "author": author}
+        if branch is not None:
+            self._move_branch(repo, branch, sha)
+        return sha
+
+    def _move_branch(self, repo, branch, sha):
+        data = self._repo(repo)
+        data["branches"][branch] = sha
+        for pull in data["pulls"].values():
+            if pull["state"] == "open" and pull["head_ref"] == branch and pull["head_repo"] == repo:
+                pull["head_sha"] = sha
+                pull["updated_at"] = self._iso()
+
+    def _is_ancestor(self, repo, ancestor, sha):
+        commits = self._repo(repo)["commits"]
+        todo, seen = [sha], set()
+        while todo:
+            current = todo.pop()
+            if current == ancestor:
+                return True
+            if current in seen:
+                continue
+            seen.add(current)
+            todo.extend(commits.get(current, {}).get("parents", []))
+        return False
+
+    @staticmethod
+    def _blob_sha(content):
+        return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+    def _content_body(self, repo, path, content, ref):
+        api = "%s/repos/%s" % (self.url, repo)
+        blob = self._blob_sha(content)
+        return {"type": "file", "encoding": "base64", "size": len(content), "name": path.rsplit("/", 1)[-1],
+                "path": path, "sha": blob, "content": base64.encodebytes(content).decode("ascii"),
+                "url": "%s/contents/%s?ref=%s" % (api, quote(path), quote(ref, safe="")),
+                "git_url": "%s/git/blobs/%s" % (api, blob),
+                "html_url": "https://github.com/%s/blob/%s/%s" % (repo, ref, path),
+                "download_url": "https://raw.githubusercontent.com/%s/%s/%s" % (repo, ref, path),
+                "_links": {"self": "%s/contents/%s?ref=%s" % (api, quote(path), quote(ref, safe="")),
+                           "git": "%s/git/blobs/%s" % (api, blob),
+                           "html": "https://github.com/%s/blob/%s/%s" % (repo, ref, path)}}
+
+    def _ref_body(self, repo, branch, sha):
+        api = "%s/repos/%s" % (self.url, repo)
+        return {"ref": "refs/heads/" + branch, "node_id": _node_id("Ref", int(sha[:7], 16)),
+                "url": "%s/git/refs/heads/%s" % (api, quote(branch)),
+                "object": {"sha": sha, "type": "commit", "url": "%s/git/commits/%s" % (api, sha)}}
+
     def _store_status(self, repo, sha, fields, creator, cap=True):
         data = self._repo(repo)
         if not SHA_RE.match(sha):
@@ -922,6 +1020,10 @@ class FakeGitHub:
         base = _first(query, "base")
         if base:
             pulls = [p for p in pulls if p["base"] == base]
+        head = _first(query, "head")
+        if head:
+            owner, dummy, ref = head.rpartition(":")
+            pulls = [p for p in pulls if p["head_ref"] == ref and (not owner or p["head_repo"].split("/")[0] == owner)]
         page, headers = self._paginate(query, pulls)
         return 200, [self._pull_body(repo, p) for p in page], headers
 
@@ -949,6 +1051,133 @@ class FakeGitHub:
                                 "html": "https://github.com/%s/tree/%s" % (repo, branch)},
                      "protected": False,
                      "protection_url": "%s/branches/%s/protection" % (api, quote(branch))}
+
+    def _get_branches(self, repo, query, body, auth):
+        data = self._repo(repo)
+        api = "%s/repos/%s" % (self.url, repo)
+        items = [{"name": name, "commit": {"sha": sha, "url": "%s/commits/%s" % (api, sha)}, "protected": False}
+                 for name, sha in sorted(data["branches"].items())]
+        page, headers = self._paginate(query, items)
+        return 200, page, headers
+
+    def _post_pull(self, repo, query, body, auth):
+        data = self._repo(repo)
+        missing = [name for name in ("head", "base") if not body.get(name)]
+        if missing or not (body.get("title") or body.get("issue")):
+            raise _validation_failed("PullRequest", "missing_field", field=(missing or ["title"])[0])
+        head = str(body["head"])
+        head_owner, dummy, head_ref = head.rpartition(":")
+        if head_owner and head_owner != repo.split("/")[0]:
+            raise _validation_failed("PullRequest", "head is invalid (forks are not modelled)", field="head")
+        base = str(body["base"])
+        if head_ref not in data["branches"]:
+            raise _validation_failed("PullRequest", "invalid", field="head")
+        if base not in data["branches"]:
+            raise _validation_failed("PullRequest", "invalid", field="base")
+        for pull in data["pulls"].values():
+            if pull["state"] == "open" and pull["head_ref"] == head_ref and pull["head_repo"] == repo \
+                    and pull["base"] == base:
+                raise _error(422, "Validation Failed", [{"resource": "PullRequest", "code": "custom",
+                                                         "message": "A pull request already exists for %s:%s."
+                                                         % (repo.split("/")[0], head_ref)}])
+        head_sha, base_sha = data["branches"][head_ref], data["branches"][base]
+        if head_sha == base_sha or self._is_ancestor(repo, head_sha, base_sha):
+            raise _error(422, "Validation Failed", [{"resource": "PullRequest", "code": "custom",
+                                                     "message": "No commits between %s and %s" % (base, head_ref)}])
+        number = max(list(data["pulls"]) + [0]) + 1
+        self.add_pull(repo, number, head_sha, base=base, author=self._caller_login(auth),
+                      author_association=self._association(repo, self._caller_login(auth)),
+                      draft=bool(body.get("draft")), head_ref=head_ref, title=str(body["title"]))
+        data["pulls"][number]["body"] = body.get("body")
+        return 201, self._pull_body(repo, data["pulls"][number], full=True)
+
+    def _patch_pull(self, repo, number, query, body, auth):
+        data = self._repo(repo)
+        pull = data["pulls"].get(int(number))
+        if pull is None:
+            raise _not_found()
+        changes = {}
+        for name in ("title", "base"):
+            if name in body:
+                changes[name] = str(body[name])
+        if "state" in body:
+            if body["state"] not in ("open", "closed"):
+                raise _validation_failed("PullRequest", "state is not included in the list", field="state")
+            changes["state"] = body["state"]
+        if "base" in changes and changes["base"] not in data["branches"]:
+            raise _validation_failed("PullRequest", "invalid", field="base")
+        self._change_pull(repo, pull, changes)
+        if "body" in body:
+            pull["body"] = body["body"]
+        return 200, self._pull_body(repo, pull, full=True)
+
+    def _get_contents(self, repo, path, query, body, auth):
+        data = self._repo(repo)
+        ref = _first(query, "ref") or data["default_branch"]
+        sha = data["branches"].get(ref, ref)
+        commit = data["commits"].get(sha)
+        if commit is None and ref not in data["branches"]:
+            raise _error(404, "No commit found for the ref %s" % ref)
+        content = (commit or {}).get("files", {}).get(path)
+        if content is None:
+            raise _not_found()
+        return 200, self._content_body(repo, path, content, ref)
+
+    def _put_contents(self, repo, path, query, body, auth):
+        data = self._repo(repo)
+        for name in ("message", "content"):
+            if not isinstance(body.get(name), str):
+                raise _error(422, 'Invalid request.\n\n"%s" wasn\'t supplied.' % name)
+        branch = body.get("branch") or data["default_branch"]
+        if branch not in data["branches"]:
+            raise _error(404, "Branch %s not found" % branch)
+        try:
+            content = base64.b64decode(body["content"], validate=True)
+        except ValueError:
+            raise _error(422, "content is not valid Base64")
+        current = data["commits"].get(data["branches"][branch], {}).get("files", {}).get(path)
+        if current is not None and not body.get("sha"):
+            raise _error(422, 'Invalid request.\n\n"sha" wasn\'t supplied.')
+        if current is not None and body["sha"] != self._blob_sha(current):
+            raise _error(409, "%s does not match %s" % (path, body["sha"]))
+        sha = self._commit(repo, {path: content}, branch, None, body["message"], self._caller_login(auth))
+        api = "%s/repos/%s" % (self.url, repo)
+        commit = {"sha": sha, "node_id": _node_id("Commit", int(sha[:7], 16)), "url": "%s/git/commits/%s" % (api, sha),
+                  "html_url": "https://github.com/%s/commit/%s" % (repo, sha), "message": body["message"],
+                  "parents": [{"sha": p} for p in data["commits"][sha]["parents"]]}
+        return (200 if current is not None else 201), {"content": self._content_body(repo, path, content, branch),
+                                                       "commit": commit}
+
+    def _get_git_ref(self, repo, branch, query, body, auth):
+        data = self._repo(repo)
+        if branch not in data["branches"]:
+            raise _not_found()
+        return 200, self._ref_body(repo, branch, data["branches"][branch])
+
+    def _post_git_ref(self, repo, query, body, auth):
+        data = self._repo(repo)
+        ref, sha = str(body.get("ref") or ""), str(body.get("sha") or "")
+        if not ref.startswith("refs/heads/") or len(ref) <= len("refs/heads/"):
+            raise _error(422, "Reference name is not valid (only refs/heads/... are modelled)")
+        if not SHA_RE.match(sha):
+            raise _error(422, "Object does not exist")
+        branch = ref[len("refs/heads/"):]
+        if branch in data["branches"]:
+            raise _error(422, "Reference already exists")
+        self._move_branch(repo, branch, sha)
+        return 201, self._ref_body(repo, branch, sha)
+
+    def _patch_git_ref(self, repo, branch, query, body, auth):
+        data = self._repo(repo)
+        if branch not in data["branches"]:
+            raise _error(422, "Reference does not exist")
+        sha = str(body.get("sha") or "")
+        if not SHA_RE.match(sha):
+            raise _error(422, "Object does not exist")
+        if not body.get("force") and not self._is_ancestor(repo, data["branches"][branch], sha):
+            raise _error(422, "Update is not a fast forward")
+        self._move_branch(repo, branch, sha)
+        return 200, self._ref_body(repo, branch, sha)
 
     def _get_combined_status(self, repo, ref, query, body, auth):
         sha = self._resolve_ref(repo, ref)

@@ -66,6 +66,26 @@ key                              default           meaning
 ``forge.api_url``                https://api.      GitHub REST API base URL
                                  github.com
 ``forge.token_file``             required          file holding the GitHub token
+``images.store_url``             required          the image store: ``s3://bucket/prefix`` or
+                                                   ``file:///dir`` (see docs/images.md)
+``images.endpoint_url``          -                 S3-compatible server (default: AWS)
+``images.region``                -                 S3 region
+``images.access_key``            -                 S3 access key id (default: boto3's own
+                                                   sources: environment, instance profile)
+``images.secret_key_file``       -                 file holding the S3 secret key
+``images.ca_file``               -                 CA bundle of the S3 endpoint
+``images.recipes_dir``           /etc/testfleet/   where the refresh job finds ``<name>.yml``
+                                 images            recipes
+``images.build_dir``             /var/lib/testfleet where built images are written
+                                 /images
+``images.build_cache_dir``       /var/cache/       debootstrap bases kept between builds
+                                 testfleet/vm-build
+``images.cache_dir``             /var/cache/       the worker's cache of fetched images
+                                 testfleet/images
+``images.refs_file``             .testfleet/       the references file in tested repositories
+                                 images.yml
+``images.keep_days``             30                the prune job removes unreferenced images
+                                                   older than this many days
 ``testmap``                      -                 path of the test map (a top-level key)
 ``topology``                     DEFAULT_TOPOLOGY  the queue topology (a top-level key): the
                                                    description ``amqp_topology`` applies (see
@@ -319,6 +339,20 @@ SCHEMA = {
     "forge": {
         "api_url": Key(_url(("http", "https")), "https://api.github.com"),
         "token_file": Key(_path, required=True),
+    },
+    "images": {
+        "store_url": Key(_url(("s3", "file")), required=True),
+        "endpoint_url": Key(_url(("http", "https"))),
+        "region": Key(_string),
+        "access_key": Key(_string),
+        "secret_key_file": Key(_path),
+        "ca_file": Key(_path),
+        "recipes_dir": Key(_path, "/etc/testfleet/images"),
+        "build_dir": Key(_path, "/var/lib/testfleet/images"),
+        "build_cache_dir": Key(_path, "/var/cache/testfleet/vm-build"),
+        "cache_dir": Key(_path, "/var/cache/testfleet/images"),
+        "refs_file": Key(_string, ".testfleet/images.yml"),
+        "keep_days": Key(_integer(0, 3650), 30),
     },
 }
 

@@ -54,6 +54,7 @@ rate limit counts), ``not_modified`` (304s) and ``writes`` (requests other than 
 
 from __future__ import annotations
 
+import base64
 import calendar
 import datetime
 import hashlib
@@ -247,7 +248,8 @@ def _pull_dict(data):
             "head_repo": (head.get("repo") or {}).get("full_name"), "base_ref": base.get("ref"),
             "author": _login(data.get("user")), "author_association": data.get("author_association"),
             "labels": [label.get("name") for label in data.get("labels") or () if isinstance(label, dict)],
-            "updated_at": data.get("updated_at")}
+            "updated_at": data.get("updated_at"), "title": data.get("title"), "body": data.get("body"),
+            "html_url": data.get("html_url")}
 
 
 def _status_dict(data):
@@ -619,6 +621,79 @@ class ForgeClient:
         """The SHA ``branch`` of ``repo`` points at."""
         data = self._get("/repos/%s/branches/%s" % (_check_repo(repo), quote(branch))).data
         return data["commit"]["sha"]
+
+    def default_branch(self, repo):
+        """The name of ``repo``'s default branch."""
+        data = self._get("/repos/%s" % _check_repo(repo)).data
+        return data["default_branch"]
+
+    def branches(self, repo):
+        """Every branch of ``repo``: a list of ``{"name", "sha"}``."""
+        pages = self._get_pages("/repos/%s/branches" % _check_repo(repo))
+        return [{"name": data.get("name"), "sha": (data.get("commit") or {}).get("sha")}
+                for page in pages for data in page if isinstance(data, dict)]
+
+    def ref_sha(self, repo, branch):
+        """The SHA ``branch`` points at, or None when there is no such branch."""
+        reply = self._get("/repos/%s/git/ref/heads/%s" % (_check_repo(repo), quote(branch)), ok=(404,))
+        if reply.status == 404:
+            return None
+        return reply.data["object"]["sha"]
+
+    def create_branch(self, repo, branch, sha):
+        """Create ``branch`` at commit ``sha`` (GitHub answers 422 when it exists)."""
+        self._request("POST", self._url("/repos/%s/git/refs" % _check_repo(repo)),
+                      body={"ref": "refs/heads/" + branch, "sha": sha})
+
+    def move_branch(self, repo, branch, sha, force=False):
+        """Point ``branch`` at ``sha``; without ``force`` only a fast-forward is accepted."""
+        self._request("PATCH", self._url("/repos/%s/git/refs/heads/%s" % (_check_repo(repo), quote(branch))),
+                      body={"sha": sha, "force": bool(force)})
+
+    def file(self, repo, path, ref):
+        """File ``path`` of ``repo`` at ``ref`` (branch, tag or SHA): ``{"content": bytes, "sha":
+        its blob SHA}``, or None when the file (or the ref) does not exist."""
+        reply = self._get("/repos/%s/contents/%s" % (_check_repo(repo), quote(path.lstrip("/"))), {"ref": ref},
+                          ok=(404,))
+        if reply.status == 404:
+            return None
+        data = reply.data
+        if not isinstance(data, dict) or data.get("type") != "file":
+            raise ForgeError("%s of %s at %s is not a file" % (path, repo, ref))
+        if data.get("encoding") != "base64":
+            raise ForgeError("GitHub sent %s of %s without its content (over 1 MB?)" % (path, repo))
+        return {"content": base64.b64decode(data.get("content") or ""), "sha": data.get("sha")}
+
+    def put_file(self, repo, path, content, message, branch, blob_sha=None):
+        """Commit ``content`` (bytes) as ``path`` on ``branch``; ``blob_sha`` is the SHA of the file
+        it replaces (None: the file is new). Returns the new commit's SHA."""
+        body = {"message": message, "content": base64.b64encode(content).decode("ascii"), "branch": branch}
+        if blob_sha:
+            body["sha"] = blob_sha
+        reply = self._request("PUT", self._url("/repos/%s/contents/%s" % (_check_repo(repo), quote(path.lstrip("/")))),
+                              body=body)
+        return reply.data["commit"]["sha"]
+
+    def pulls_from(self, repo, branch, state="open"):
+        """The pull requests of ``repo`` whose head is ``branch`` of ``repo`` itself, as pull dicts."""
+        owner = _check_repo(repo).split("/")[0]
+        pages = self._get_pages("/repos/%s/pulls" % repo, {"state": state, "head": "%s:%s" % (owner, branch)})
+        return [_pull_dict(data) for page in pages for data in page if isinstance(data, dict)]
+
+    def create_pull(self, repo, branch, base, title, body=None):
+        """Open a pull request of ``branch`` into ``base``; returns its pull dict."""
+        reply = self._request("POST", self._url("/repos/%s/pulls" % _check_repo(repo)),
+                              body={"title": title, "head": branch, "base": base, "body": body})
+        return _pull_dict(reply.data)
+
+    def update_pull(self, repo, number, **fields):
+        """Change ``title``, ``body``, ``state`` or ``base`` of a pull request; returns its pull dict."""
+        unknown = set(fields) - {"title", "body", "state", "base"}
+        if unknown:
+            raise ForgeError("update_pull: unknown fields %s" % ", ".join(sorted(unknown)))
+        reply = self._request("PATCH", self._url("/repos/%s/pulls/%d" % (_check_repo(repo), int(number))),
+                              body=fields)
+        return _pull_dict(reply.data)
 
     def combined_status(self, repo, sha):
         """``{"state", "statuses": {context: status}}``: GitHub's combined state and the newest

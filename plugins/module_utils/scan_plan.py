@@ -38,9 +38,10 @@ Rules, per context (``docs/statuses.md`` has the table):
   nor a context whose status was written after the command (``created_at``): a command
   delivered twice runs once.
 
-A command is a dict ``{command: retest|approve, contexts: [...], user, permission,
-created_at}``; ``permission`` (GitHub's: admin, maintain, write, triage, read, none) is looked
-up by the caller. Commands from users without write permission are ignored (reported by
+A command is a dict ``{command: retest|approve, contexts: [...], images: [...], user,
+permission, created_at}`` (``images``: a retest of the automatic contexts that boot those VM
+images, see ``ContextSpec.image``); ``permission`` (GitHub's: admin, maintain, write, triage,
+read, none) is looked up by the caller. Commands from users without write permission are ignored (reported by
 :func:`review_pull`).
 """
 
@@ -130,7 +131,10 @@ def review_commands(testmap, repo, branch, commands):
         command = (raw.get("command") or "").lstrip("/").lower()
         user = raw.get("user")
         names = tuple(raw.get("contexts") or ())
+        image_names = tuple(raw.get("images") or ())
         report = {"command": command, "user": user, "contexts": list(names)}
+        if image_names:
+            report["images"] = list(image_names)
         if command not in COMMANDS:
             ignored.append(dict(report, why="unknown command %r (known: %s)" % (command, ", ".join(COMMANDS))))
             continue
@@ -140,6 +144,13 @@ def review_commands(testmap, repo, branch, commands):
             continue
         if command == "approve":
             names = ()
+        elif image_names:
+            using = tuple(s.name for s in testmap.contexts_for(repo, branch) if s.image in image_names)
+            if not using:
+                ignored.append(dict(report, why="no context of %s for branch %s uses the image(s) %s"
+                                    % (repo, branch, ", ".join(image_names))))
+                continue
+            names += tuple(n for n in using if n not in names)
         unknown = [n for n in names if n not in known]
         if unknown:
             ignored.append(dict(report, contexts=unknown, why="%s: not a context of %s for branch %s"
@@ -177,8 +188,11 @@ def _retest_for(name, retests, status, automatic):
         if not command["contexts"] and (not automatic or _last_kind(status) not in ("failure", "error")):
             continue
         updated = _updated(status) if status else None
-        if command["created_at"] and updated and updated >= command["created_at"]:
-            continue  # the status was written after the command: it has been acted on
+        if command["created_at"] and updated and updated >= command["created_at"] \
+                and _last_kind(status) != "approval":
+            # the status was written after the command: it has been acted on (waiting for an
+            # approval is not acting on it: a retest by a writer approves)
+            continue
         return command
     return None
 

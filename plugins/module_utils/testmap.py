@@ -55,6 +55,7 @@ except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
     HAS_YAML = False
 
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
+from ansible_collections.testfleet.infra.plugins.module_utils import images
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
 from ansible_collections.testfleet.infra.plugins.module_utils import topology
 from ansible_collections.testfleet.infra.plugins.module_utils.config import ConfigError
@@ -78,18 +79,26 @@ DEFAULT_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
 TOP_KEYS = ("defaults", "allow", "repos")
 REPO_KEYS = ("defaults", "allow", "heads", "branches", "manual")
 ALLOW_KEYS = ("authors", "orgs", "associations")
-CONTEXT_KEYS = ("context", "queue", "timeout", "args")
+CONTEXT_KEYS = ("context", "queue", "timeout", "args", "image")
 LOGIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$|^[A-Za-z0-9-]+\[bot\]$")
 GLOB_CHARS = "*?["
 
 
-class ContextSpec(collections.namedtuple("ContextSpec", "name queue timeout args manual")):
+class ContextSpec(collections.namedtuple("ContextSpec", "name queue timeout args manual image_name",
+                                          defaults=(None,))):
     """One test context of a repository: where its job goes, how long it may run, its args.
 
-    ``args`` is a dict (the job's ``args``); ``manual`` is True for a manual-only context.
+    ``args`` is a dict (the job's ``args``); ``manual`` is True for a manual-only context;
+    ``image_name`` is the VM image the context's key ``image`` names (None: see :attr:`image`).
     """
 
     __slots__ = ()
+
+    @property
+    def image(self):
+        """The name of the VM image the context boots: its ``image`` key, else the first part
+        of its name (``debian-12`` for ``debian-12/default``)."""
+        return self.image_name or self.name.split("/", 1)[0]
 
 
 class RepoPolicy(collections.namedtuple("RepoPolicy", "queued_timeout max_attempts skip_labels")):
@@ -223,7 +232,7 @@ def _context(path, value, defaults, manual):
         name_path = _join(path, "context")
     else:
         raise _Invalid(path, "must be a context name (such as debian-12/default) or a mapping "
-                             "with context, queue, timeout, args; not %s" % _type_name(value))
+                             "with context, queue, timeout, args, image; not %s" % _type_name(value))
     _mapping(path, value, CONTEXT_KEYS, "a context")
     if "context" not in value:
         raise _Invalid(name_path, "is required (the context's name)")
@@ -237,7 +246,13 @@ def _context(path, value, defaults, manual):
     args = copy.deepcopy(defaults["args"])
     if "args" in value:
         args.update(_args(_join(path, "args"), value["args"]))
-    return ContextSpec(name, queue, timeout, args, manual)
+    image = None
+    if "image" in value:
+        image = value["image"]
+        if not isinstance(image, str) or not images.NAME_RE.match(image):
+            raise _Invalid(_join(path, "image"), "must be an image name (1-64 lowercase letters, digits, '.', '_', "
+                                                 "'-'), not %r" % (image,))
+    return ContextSpec(name, queue, timeout, args, manual, image)
 
 
 def _contexts(path, value, defaults, manual):

@@ -106,6 +106,14 @@ options:
         type: list
         elements: str
         default: []
+      images:
+        description:
+          - A C(retest) of the automatic contexts that boot these VM images (a context's
+            C(image) in the test map, else the first part of its name). The image refresh job
+            (C(playbooks/jobs/image-refresh.yml)) uses it on its pull request.
+        type: list
+        elements: str
+        default: []
       user:
         description:
           - The GitHub login who gave the command.
@@ -292,7 +300,6 @@ requests:
 """
 
 import datetime
-import os
 
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
@@ -302,6 +309,7 @@ from ansible_collections.testfleet.infra.plugins.module_utils import scan_state
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses
 from ansible_collections.testfleet.infra.plugins.module_utils import topology
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
+from ansible_collections.testfleet.infra.plugins.module_utils import forge_module
 from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import (
     APP_OPTIONS, CREDENTIAL_OPTIONS, FORGE_ARGUMENT_SPEC)
 from ansible_collections.testfleet.infra.plugins.module_utils.jobs import JobError, REPO_RE, SHA_RE, encode_job
@@ -351,22 +359,10 @@ class ScanModule(AmqpModule):
         return description.get("exchange", topology.DEFAULT_TOPOLOGY["exchange"])
 
     def forge_settings(self):
-        params = self.params
-        keys = ("api_url", "token", "token_file", "app_id", "app_key_file", "installation_id", "etag_cache_dir",
-                "timeout", "retries", "max_wait")
-        settings = dict((key, params[key]) for key in keys)
-        if self.config is not None:
-            section = self.config.forge
-            for key in ("api_url", "token_file", "app_id", "app_key_file", "installation_id"):
-                settings[key] = section.get(key)
-            if not settings["etag_cache_dir"]:
-                settings["etag_cache_dir"] = section.get("etag_cache_dir")
-            if not settings["etag_cache_dir"] and "worker" in self.config.given:
-                settings["etag_cache_dir"] = os.path.join(self.config.worker["work_dir"], "forge-cache")
-            if not any(settings[key] for key in CREDENTIAL_OPTIONS):
-                self.fail_json(msg="%s: forge.token_file is required (the scan posts commit statuses)"
-                               % self.config.path)
-        return settings
+        try:
+            return forge_module.client_settings(self.params, self.config)
+        except forge.ForgeError as exc:
+            self.fail_json(msg="%s (the scan posts commit statuses)" % exc)
 
     def client(self):
         try:
@@ -677,6 +673,7 @@ def main():
             commands=dict(type="list", elements="dict", default=[], options=dict(
                 command=dict(type="str", required=True, choices=["retest", "approve"]),
                 contexts=dict(type="list", elements="str", default=[]),
+                images=dict(type="list", elements="str", default=[]),
                 user=dict(type="str", required=True),
                 created_at=dict(type="str"),
             )),

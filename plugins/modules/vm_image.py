@@ -104,6 +104,13 @@ options:
         happens).
     type: bool
     default: false
+  rebuild:
+    description:
+      - Build even when an image of this recipe is in O(output_dir) (implies O(refresh_base)):
+        the same recipe with the packages of today. The image refresh job does this; the result
+        is a new image (new SHA-256) whenever a package changed.
+    type: bool
+    default: false
   base_cache_keep:
     description:
       - How many debootstrapped bases O(cache_dir) keeps (the least recently used go).
@@ -251,6 +258,7 @@ def main():
             memory=dict(type="int", default=1024),
             cpus=dict(type="int", default=2),
             refresh_base=dict(type="bool", default=False),
+            rebuild=dict(type="bool", default=False),
             base_cache_keep=dict(type="int", default=3),
             setup_timeout=dict(type="int", default=3600),
             lock_timeout=dict(type="int", default=7200),
@@ -277,7 +285,7 @@ def main():
     result = dict(changed=False, build_needed=False, name=recipe.name, recipe_sha256=recipe.sha256,
                   progress_log=progress_path)
 
-    found = vm_build.find_built(output_dir, recipe)
+    found = None if params["rebuild"] else vm_build.find_built(output_dir, recipe)
     if found is not None:
         path, manifest = found
         result.update(path=path, manifest_path=path[:-len(".qcow2")] + ".manifest.json", sha256=manifest["sha256"],
@@ -312,7 +320,7 @@ def main():
         with vm_build.locked(os.path.join(output_dir, ".%s.lock" % recipe.name), timeout=params["lock_timeout"],
                              what="the build of %s" % recipe.name):
             # another build of the same recipe may have finished while this one waited
-            found = vm_build.find_built(output_dir, recipe)
+            found = None if params["rebuild"] else vm_build.find_built(output_dir, recipe)
             if found is not None:
                 path, manifest = found
                 result.update(changed=False, path=path, manifest_path=path[:-len(".qcow2")] + ".manifest.json",
@@ -326,7 +334,7 @@ def main():
                 recipe, output_dir, params["cache_dir"], params["work_dir"], steps, accel=params["accel"],
                 kvm_probe_file=params["kvm_probe_file"] or os.path.join(params["cache_dir"], "kvm-probe.json"),
                 boot_timeout=params["boot_timeout"], memory=params["memory"], cpus=params["cpus"],
-                qemu=params["qemu"], refresh_base=params["refresh_base"], base_cache_keep=params["base_cache_keep"],
+                qemu=params["qemu"], refresh_base=params["refresh_base"] or params["rebuild"], base_cache_keep=params["base_cache_keep"],
                 setup_timeout=params["setup_timeout"])
     except (vm_build.BuildError, vm_build.RecipeError) as exc:
         steps.note("build failed: %s" % exc)

@@ -65,7 +65,8 @@ def test_pulls_reads_every_page_as_plain_dicts(gh, client):
         "number": 300, "state": "open", "draft": True, "merged": False, "head_sha": SHA,
         "head_ref": "feature/x", "head_repo": "bob/widget", "base_ref": "main", "author": "bob",
         "author_association": "FIRST_TIME_CONTRIBUTOR", "labels": ["no-test", "bug"],
-        "updated_at": pulls[0]["updated_at"]}
+        "updated_at": pulls[0]["updated_at"], "title": "Change 300", "body": None,
+        "html_url": "https://github.com/%s/pull/300" % REPO}
     assert [r["query"].get("page", "1") for r in gh.requests] == ["1", "2", "3"]
     assert all(r["query"]["per_page"] == "100" and r["query"]["state"] == "open" for r in gh.requests)
     assert client.stats == {"requests": 3, "counted": 3, "not_modified": 0, "writes": 0}

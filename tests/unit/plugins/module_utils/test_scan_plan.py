@@ -406,3 +406,36 @@ def test_the_action_vocabulary():
     assert scan_plan.ACTION_KINDS == ("queue", "reap", "approval", "give_up")
     action = Action("approval", "c", 0, "why", None)
     assert action.deadline is None and action.host is None
+
+
+IMAGE_TMAP = parse_testmap({"repos": {"org/img": {"branches": {"main": [
+    "debian-12/default", "debian-12/kvm", "fedora-41/default",
+    {"context": "unit/debian", "image": "debian-12"}]}, "manual": ["debian-12/expensive"]}}})
+
+
+def test_a_retest_of_the_contexts_that_boot_an_image():
+    untrusted = pull(author="testfleet-bot", author_association="NONE")
+    waiting = dict((name, ours("approval", updated="2024-05-01T11:55:00Z"))
+                   for name in ("debian-12/default", "debian-12/kvm", "fedora-41/default", "unit/debian"))
+    refresh = dict(command(user="operator:image-refresh", permission="admin"), images=["debian-12"])
+    review = review_pull(IMAGE_TMAP, "org/img", untrusted, waiting, NOW, commands=[refresh])
+    # a retest by an operator approves the commit, as any retest by a writer: every automatic
+    # context runs (the approval statuses written after the command's time are no run of it)
+    assert brief(review.actions) == [("queue", "debian-12/default", 1), ("queue", "debian-12/kvm", 1),
+                                     ("queue", "fedora-41/default", 1), ("queue", "unit/debian", 1)]
+    # on a commit that ran already, only the contexts booting debian-12 (by name or by their
+    # image key) run again; the manual one is not named
+    ran = dict((name, ours("success")) for name in waiting)
+    assert brief(plan_pull(IMAGE_TMAP, "org/img", untrusted, ran, NOW, commands=[refresh])) == [
+        ("queue", "debian-12/default", 2), ("queue", "debian-12/kvm", 2), ("queue", "unit/debian", 2)]
+    assert review.ignored == []
+    # once queued (after the command's time), the same command again queues nothing
+    queued = dict((name, ours("queued", deadline=SOON, updated="2024-05-01T11:56:00Z")) for name in waiting)
+    assert plan_pull(IMAGE_TMAP, "org/img", untrusted, queued, NOW, commands=[refresh]) == []
+
+
+def test_a_retest_of_an_image_no_context_boots_is_reported():
+    review = review_pull(IMAGE_TMAP, "org/img", pull(author="bot"), {}, NOW,
+                         commands=[dict(command(user="operator:x", permission="admin"), images=["centos-9"])])
+    assert review.ignored == [{"command": "retest", "user": "operator:x", "contexts": [], "images": ["centos-9"],
+                               "why": "no context of org/img for branch main uses the image(s) centos-9"}]

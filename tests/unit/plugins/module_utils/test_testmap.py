@@ -269,3 +269,12 @@ def test_the_source_is_kept(tmap):
 ])
 def test_empty_values_of_the_wrong_type_are_refused(key, value, message):
     assert error_of({"repos": {"a/b": {key: value}}}) == message
+
+
+def test_the_image_a_context_boots():
+    tmap = parse_testmap({"repos": {"o/r": {"branches": {"main": [
+        "debian-12/default", {"context": "unit/fast", "image": "debian-12.minimal"}]}}}})
+    assert [(s.name, s.image) for s in tmap.contexts_for("o/r", "main")] == [
+        ("debian-12/default", "debian-12"), ("unit/fast", "debian-12.minimal")]
+    with pytest.raises(TestMapError, match=r"repos.o/r.branches.main\[0\].image: must be an image name"):
+        parse_testmap({"repos": {"o/r": {"branches": {"main": [{"context": "a/b", "image": "Debian 12"}]}}}})
