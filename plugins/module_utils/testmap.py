@@ -85,7 +85,7 @@ GLOB_CHARS = "*?["
 
 
 class ContextSpec(collections.namedtuple("ContextSpec", "name queue timeout args manual image_name",
-                                          defaults=(None,))):
+                                         defaults=(None,))):
     """One test context of a repository: where its job goes, how long it may run, its args.
 
     ``args`` is a dict (the job's ``args``); ``manual`` is True for a manual-only context;

@@ -17,6 +17,8 @@ description:
     the file fails here with the file and key named.
   - The file never holds a secret (only the names of files that do), so what is returned may be
     logged.
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   path:
     description:
@@ -33,12 +35,13 @@ options:
 attributes:
   check_mode:
     support: full
+    details: Reads only; the same in check mode.
   diff_mode:
     support: none
   platform:
     platforms: posix
 author:
-  - testfleet developers
+  - testfleet developers (@testfleet)
 """
 
 EXAMPLES = r"""

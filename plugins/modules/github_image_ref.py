@@ -25,6 +25,7 @@ description:
     secret passes through the play.
 extends_documentation_fragment:
   - testfleet.infra.forge
+  - ansible.builtin.action_common_attributes
 options:
   repo:
     description:
@@ -54,7 +55,7 @@ options:
     type: str
   title:
     description:
-      - The pull request's title. Default - C(Images: <name> <first 12 digits of the sha256>).
+      - The pull request's title. Default - C(Images - <name> <first 12 digits of the sha256>).
     type: str
   body:
     description:
@@ -79,8 +80,10 @@ options:
 attributes:
   check_mode:
     support: full
+    details: Reads the branches, the file and the pull requests and reports what would be written; writes nothing.
   diff_mode:
     support: full
+    details: The references file before and after the change.
   platform:
     platforms: posix
 notes:
@@ -90,7 +93,7 @@ notes:
     approval. The image refresh job (C(playbooks/jobs/image-refresh.yml)) then asks the scanner
     for a C(retest) of the contexts that boot the image, which approves them.
 author:
-  - testfleet developers
+  - testfleet developers (@testfleet)
 """
 
 EXAMPLES = r"""
@@ -221,7 +224,7 @@ class ImageRefChange:
             self.result["up_to_date"] = True
             return self.result
         wanted = image_refs.set_ref(base_text, self.ref, "%s of %s" % (self.path, base))
-        title = params["title"] or "Images: %s %s" % (self.ref.name, self.ref.sha256[:12])
+        title = params["title"] or "Images - %s %s" % (self.ref.name, self.ref.sha256[:12])
         body = params["body"] or _default_body(self.ref, self.result["previous"], params["manifest"])
 
         open_pulls = [p for p in self.client.pulls_from(self.repo, self.branch) if p["base_ref"] == base]

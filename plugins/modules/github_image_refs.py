@@ -21,6 +21,7 @@ description:
     (O(etag_cache_dir), or the config file's) that costs no rate limit.
 extends_documentation_fragment:
   - testfleet.infra.forge
+  - ansible.builtin.action_common_attributes
 options:
   repos:
     description:
@@ -46,12 +47,13 @@ options:
 attributes:
   check_mode:
     support: full
+    details: Reads only; the same in check mode.
   diff_mode:
     support: none
   platform:
     platforms: posix
 author:
-  - testfleet developers
+  - testfleet developers (@testfleet)
 """
 
 EXAMPLES = r"""

@@ -106,7 +106,7 @@ options:
     default: false
   rebuild:
     description:
-      - Build even when an image of this recipe is in O(output_dir) (implies O(refresh_base)):
+      - Build even when an image of this recipe is in O(output_dir) (implies O(refresh_base)),
         the same recipe with the packages of today. The image refresh job does this; the result
         is a new image (new SHA-256) whenever a package changed.
     type: bool

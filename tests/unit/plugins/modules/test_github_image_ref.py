@@ -40,7 +40,7 @@ def test_opens_a_pull_request_that_changes_one_line(run_module, gh, args):
     [pull] = gh.pulls(REPO)
     assert result["pull"]["number"] == pull["number"] and pull["state"] == "open"
     assert (pull["head"]["ref"], pull["base"]["ref"]) == ("testfleet/image-debian-12", "main")
-    assert pull["title"] == "Images: debian-12 %s" % ("b" * 12)
+    assert pull["title"] == "Images - debian-12 %s" % ("b" * 12)
     assert "- before: `%s`" % OLD in pull["body"] and "- after: `%s`" % NEW in pull["body"]
     on_branch = gh.file_at(REPO, "testfleet/image-debian-12", PATH).decode()
     assert on_branch == BASE_TEXT.replace(OLD, NEW)
@@ -67,7 +67,7 @@ def test_a_newer_image_updates_the_open_pull_request(run_module, gh, args):
     assert parse_refs(gh.file_at(REPO, "testfleet/image-debian-12", PATH).decode())["debian-12"].sha256 == "c" * 64
     [pull] = gh.pulls(REPO)
     assert pull["head"]["sha"] == newer["pull"]["head_sha"] != first["pull"]["head_sha"]
-    assert pull["title"] == "Images: debian-12 %s" % ("c" * 12) and "- after: `%s`" % NEWER in pull["body"]
+    assert pull["title"] == "Images - debian-12 %s" % ("c" * 12) and "- after: `%s`" % NEWER in pull["body"]
 
 
 def test_check_mode_writes_nothing(run_module, gh, args):
