@@ -12,12 +12,15 @@ the scan that queues the test jobs on the broker, and the prune.
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 import boto3
+import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images, statuses, vm_build
+from ansible_collections.testfleet.infra.plugins.module_utils import amqp, images, statuses, vm_build
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import ensure_queue
 
 REPO = "org/proj"
@@ -138,3 +141,48 @@ def test_the_image_refresh_and_prune_jobs(tmp_path, collections_path, amqp_optio
     assert "removed ['%s'] from the store" % other in pruned.stdout
     assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]) == stored
     assert S3_SECRET not in checked.stdout + pruned.stdout + pruned.stderr
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(1800)
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("qemu-system-x86_64") or not shutil.which("debootstrap"),
+                    reason="needs root, QEMU and debootstrap")
+def test_a_refresh_builds_boots_and_proposes_a_real_image(tmp_path, collections_path, amqp_options, amqp_settings,
+                                                          fake_github, topology):
+    """The whole refresh for real: debootstrap with today's packages, the boot check over SSH,
+    the publication to a directory store, the pull request and the queued contexts."""
+    queue = topology["queues"][0]
+    connection = amqp.connect(amqp_settings)  # not held open through the build: no heartbeats
+    ensure_queue(connection.channel(), topology, queue)
+    connection.close()
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "debian-12.yml").write_text("name: debian-12\nbase:\n  debootstrap:\n    suite: bookworm\n"
+                                           "check: cat /etc/debian_version\n")
+    testmap = tmp_path / "testmap.yml"
+    testmap.write_text("defaults: {queue: %s}\nrepos:\n  %s:\n    heads: false\n    branches:\n"
+                       "      main: [debian-12/default]\n" % (queue, REPO))
+    token_file = tmp_path / "github-token"
+    token_file.write_text(fake_github.token)
+    store = tmp_path / "store"
+    config = tmp_path / "config.yml"
+    config.write_text(json.dumps({
+        "amqp": amqp_options, "forge": {"api_url": fake_github.url, "token_file": str(token_file)},
+        "testmap": str(testmap), "topology": topology,
+        "images": {"store_url": "file://%s" % store, "recipes_dir": str(recipes), "build_dir": str(tmp_path / "build"),
+                   "build_cache_dir": os.environ.get("TESTFLEET_VM_CACHE_DIR", "/var/cache/testfleet/vm-build")}}))
+    fake_github.add_repo(REPO)
+    fake_github.add_commit(REPO, {REFS: "debian-12: %s\n" % OLD}, branch="main")
+    job = {"version": 1, "id": "refresh-real", "kind": "image-refresh", "repo": REPO, "args": {"image": "debian-12"}}
+    began = time.monotonic()
+    result = run_playbook(tmp_path, collections_path, "image-refresh.yml", job, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [qcow2] = [name for name in os.listdir(store) if name.endswith(".qcow2")]
+    ref = images.parse_image_file_name(qcow2)
+    assert images.file_sha256(str(store / qcow2)) == ref.sha256
+    assert "(built, published); pull request #1 opened" in result.stdout
+    [pull] = fake_github.pulls(REPO)
+    assert fake_github.file_at(REPO, pull["head"]["ref"], REFS).decode() == "debian-12: debian-12-%s\n" % ref.sha256
+    parsed = statuses.parse(fake_github.statuses(REPO, pull["head"]["sha"], "debian-12/default")[0])
+    assert parsed.kind == "queued"
+    print("refresh took %.0f s" % (time.monotonic() - began))
