@@ -27,6 +27,9 @@ before the process goes on with the signal. :func:`start_detached` starts a VM t
 the call (a job's later tasks use it) under a small keeper process that stops it when asked
 (:func:`stop_detached`), when its owner (the ``ansible-playbook`` process, so a cancelled job)
 goes away, or after ``lifetime`` seconds.
+
+vm_libvirt.py starts the same VM through libvirt (``LibvirtMachine``, a subclass that only
+launches, checks and stops QEMU differently), under the same keeper.
 """
 
 from __future__ import annotations
@@ -195,12 +198,7 @@ def qemu_command(disk, accel="tcg", memory=1024, cpus=2, kernel=None, initrd=Non
             "-serial", "file:%s" % serial if serial else "null",
             "-drive", "file=%s,if=virtio,format=%s,discard=unmap" % (disk.replace(",", ",,"), disk_format),
             "-device", "virtio-rng-pci"]
-    rules = []
-    if ssh_port:
-        rules.append("hostfwd=tcp:127.0.0.1:%d-:22" % ssh_port)
-    for host_port, guest_port in forwards:
-        rules.append("hostfwd=tcp:127.0.0.1:%d-:%d" % (host_port, guest_port))
-    argv += ["-netdev", ",".join(["user", "id=net0"] + rules), "-device", "virtio-net-pci,netdev=net0"]
+    argv += ["-netdev", user_netdev("net0", ssh_port, forwards), "-device", "virtio-net-pci,netdev=net0"]
     if kernel:
         argv += ["-kernel", kernel]
         if initrd:
@@ -211,6 +209,17 @@ def qemu_command(disk, accel="tcg", memory=1024, cpus=2, kernel=None, initrd=Non
     if smbios:
         argv += ["-smbios", smbios]
     return argv
+
+
+def user_netdev(netdev_id, ssh_port=None, forwards=()):
+    """The value of ``-netdev`` for user-mode networking: 127.0.0.1:ssh_port to the guest's port
+    22 and ``forwards`` ``(host_port, guest_port)`` (also used by the libvirt backend)."""
+    rules = []
+    if ssh_port:
+        rules.append("hostfwd=tcp:127.0.0.1:%d-:22" % ssh_port)
+    for host_port, guest_port in forwards:
+        rules.append("hostfwd=tcp:127.0.0.1:%d-:%d" % (host_port, guest_port))
+    return ",".join(["user", "id=%s" % netdev_id] + rules)
 
 
 # --- KVM: does it work? -------------------------------------------------------------------------
@@ -553,7 +562,7 @@ class VirtualMachine:
 
     def wait_for_ssh(self, timeout=300):
         """Wait until the guest runs a command over SSH; return the seconds since QEMU started."""
-        if self.proc is None:
+        if self.started_at is None:
             raise VmError("the VM was not started")
         try:
             wait_for_ssh(self.target, self.started_at + timeout, self.alive, self.console)
@@ -565,9 +574,27 @@ class VirtualMachine:
     def ssh(self, command, timeout=600, input_data=None):
         return self.target.run(command, timeout=timeout, input_data=input_data)
 
+    def describe_process(self):
+        """What runs the VM, for the keeper's log."""
+        return "qemu %d" % self.proc.pid
+
+    def exit_reason(self):
+        """Why the VM is no longer alive, once :meth:`alive` said so."""
+        return "QEMU ended (exit %s)" % self.proc.poll()
+
     def stop(self, grace=5.0):
         """Stop QEMU (its whole process group: SIGTERM, then SIGKILL) and drop the overlay."""
         _RUNNING.discard(self)
+        self._terminate(grace)
+        if not _RUNNING:
+            _restore_signals()
+        if self.keep_run_dir:
+            with contextlib.suppress(OSError):
+                os.unlink(self.overlay)
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _terminate(self, grace):
         if self.proc is not None:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -581,13 +608,6 @@ class VirtualMachine:
             else:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-        if not _RUNNING:
-            _restore_signals()
-        if self.keep_run_dir:
-            with contextlib.suppress(OSError):
-                os.unlink(self.overlay)
-        else:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self):
         try:
@@ -600,7 +620,7 @@ class VirtualMachine:
         self.stop()
 
     def info(self):
-        return {"name": self.name, "image": self.image, "run_dir": self.run_dir, "accel": self.accel,
+        return {"name": self.name, "backend": "qemu", "image": self.image, "run_dir": self.run_dir, "accel": self.accel,
                 "accel_reason": self.accel_reason, "qemu_pid": self.proc.pid if self.proc else None,
                 "qemu_start": process_start_time(self.proc.pid) if self.proc else None,
                 "ssh": self.target.describe() if self.target else None, "forwards": dict(self.forwards),
@@ -703,10 +723,12 @@ def _keeper(vm, report_fd, owner_pid, owner_start, lifetime):  # pragma: no cove
             vm.stop()
         os._exit(1)
     os.close(report_fd)
-    _log_line("VM %s runs (qemu %d, ssh port %d)" % (vm.name, vm.proc.pid, vm.target.port))
+    _log_line("VM %s runs (%s, ssh port %d)" % (vm.name, vm.describe_process(), vm.target.port))
+    crashed = False
     while stop["reason"] is None:
         if not vm.alive():
-            stop["reason"] = "QEMU ended (exit %s)" % vm.proc.poll()
+            crashed = True
+            stop["reason"] = vm.exit_reason()
         elif owner_pid and not process_alive(owner_pid, owner_start):
             stop["reason"] = "its owner (pid %d) ended" % owner_pid
         elif state.get("deadline") and time.time() > state["deadline"]:
@@ -715,7 +737,7 @@ def _keeper(vm, report_fd, owner_pid, owner_start, lifetime):  # pragma: no cove
             time.sleep(1.0)
     _log_line("stopping the VM: %s" % stop["reason"])
     # a VM that ended by itself keeps its run directory (console log) until state=absent
-    vm.keep_run_dir = crashed = stop["reason"].startswith("QEMU ended")
+    vm.keep_run_dir = crashed
     with contextlib.suppress(Exception):
         vm.stop()
     if crashed:
@@ -751,7 +773,9 @@ def stop_detached(run_dir, timeout=30.0):
         while time.monotonic() < deadline and (process_alive(keeper, keeper_start)
                                                or process_alive(qemu_pid, qemu_start)):
             time.sleep(0.2)
-        for pid, start, group in ((qemu_pid, qemu_start, True), (keeper, keeper_start, False)):
+        # QEMU started by libvirtd is not the leader of a process group of its own
+        own_group = state.get("backend", "qemu") == "qemu"
+        for pid, start, group in ((qemu_pid, qemu_start, own_group), (keeper, keeper_start, False)):
             if process_alive(pid, start):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     if group:

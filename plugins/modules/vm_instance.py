@@ -12,7 +12,7 @@ version_added: 0.2.0
 author:
   - testfleet developers (@testfleet)
 description:
-  - With O(state=started), boots a VM (plain QEMU) on a throwaway qcow2 overlay of O(image) (the
+  - With O(state=started), boots a VM (plain QEMU or libvirt, see O(backend)) on a throwaway qcow2 overlay of O(image) (the
     image itself is never written), forwards a free port on 127.0.0.1 to the guest's SSH port,
     and returns once the guest runs a command over SSH, within O(boot_timeout) seconds. The
     result has what later tasks need to reach it (C(ssh), C(inventory_vars) for
@@ -28,8 +28,17 @@ description:
   - For images made by M(testfleet.infra.vm_image), the manifest next to the image says how to
     boot it; its kernel and initrd are extracted once per image into O(boot_cache_dir) (needs
     C(debugfs) of e2fsprogs and C(qemu-img)). Other images boot from their disk.
-  - Plain QEMU only (no libvirt). It needs no daemon, runs as any user (in group kvm for KVM) and
-    the VM's life is bound to the job's.
+  - O(backend=qemu) runs QEMU itself (no daemon, any user, in group kvm for KVM). O(backend=libvirt) has
+    libvirtd start QEMU as a transient domain (never defined) with autodestroy, on a connection the keeper
+    holds, so libvirtd destroys the domain when the keeper stops it or dies in any way and the VM's life is
+    bound to the job's with either backend. QEMU still runs as the module's user and libvirt relabels no
+    file. O(backend=auto) (default) takes libvirt when a libvirtd answers on O(libvirt_uri) and the libvirt
+    Python binding is importable, else plain QEMU.
+  - The libvirt backend needs libvirtd (Debian package C(libvirt-daemon-system); without systemd start
+    C(virtlogd -d) and C(libvirtd -d)), the binding in the Python that runs the module (PyPI C(libvirt-python),
+    or Debian's C(python3-libvirt) for C(/usr/bin/python3)), and a local O(libvirt_uri). On hosts where the
+    user in C(/etc/libvirt/qemu.conf) cannot open C(/dev/kvm), libvirt probes QEMU again on every start
+    (about 45 s); set C(user) and C(group) to C(root) there, or make C(/dev/kvm) C(0660 root:kvm).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 options:
@@ -118,9 +127,25 @@ options:
     description: The kernel command line with O(kernel) (default C(root=/dev/vda rw console=ttyS0)).
     type: str
   qemu:
-    description: The QEMU system emulator to run.
+    description: The QEMU system emulator to run (with O(backend=libvirt), the domain's C(<emulator>)).
     type: str
     default: qemu-system-x86_64
+  backend:
+    description:
+      - What starts QEMU. C(qemu) runs it directly (under the keeper process). C(libvirt) has libvirtd
+        on O(libvirt_uri) start it as a transient domain with autodestroy, and fails with what to install
+        or start when there is no libvirtd or no libvirt Python binding. C(auto) is C(libvirt) when a
+        libvirtd answers on O(libvirt_uri) and the binding imports, else C(qemu); C(backend_reason) says why.
+      - A VM that runs with another backend than one asked for explicitly is stopped and started again.
+    type: str
+    choices: [auto, qemu, libvirt]
+    default: auto
+  libvirt_uri:
+    description:
+      - The libvirt connection URI of the libvirt backend. Only local QEMU URIs (C(qemu:///system),
+        C(qemu:///session)), since the overlay, the keys and the forwarded ports are on this host.
+    type: str
+    default: qemu:///system
 attributes:
   platform:
     platforms: posix
@@ -133,6 +158,12 @@ attributes:
 seealso:
   - module: testfleet.infra.vm_image
   - module: testfleet.infra.image_fetch
+  - module: community.libvirt.virt
+    description: To look at libvirt's domains (C(command=list_vms), C(command=status)).
+requirements:
+  - qemu-img, ssh and ssh-keygen on the host (Debian packages qemu-utils, openssh-client)
+  - the QEMU system emulator (qemu-system-x86)
+  - for O(backend=libvirt), a libvirtd on O(libvirt_uri) and the libvirt Python binding (libvirt-python)
 """
 
 EXAMPLES = r"""
@@ -169,6 +200,21 @@ EXAMPLES = r"""
       testfleet.infra.vm_instance:
         name: "job-{{ job_id }}"
         state: absent
+
+- name: Boot through libvirt, and fail (saying what to install or start) when there is no libvirtd
+  testfleet.infra.vm_instance:
+    name: "job-{{ job_id }}"
+    image: "{{ image.path }}"
+    backend: libvirt
+    libvirt_uri: qemu:///system
+  register: vm
+
+- name: Look at it with community.libvirt (a transient domain, gone once stopped)
+  community.libvirt.virt:
+    command: status
+    name: "{{ vm.libvirt.domain }}"
+    uri: "{{ vm.libvirt.uri }}"
+  when: vm.backend == 'libvirt'
 """
 
 RETURN = r"""
@@ -220,9 +266,44 @@ keeper_pid:
   returned: when started
   type: int
 qemu_pid:
-  description: QEMU's process (its own process group).
+  description: QEMU's process (with the qemu backend, the leader of its own process group; with libvirt, a child
+    of libvirtd, or null when it cannot be found).
   returned: when started
   type: int
+backend:
+  description: What started QEMU, C(qemu) or C(libvirt) (see O(backend)), and C(backend_reason) says why.
+  returned: when started, also in check mode
+  type: str
+backend_reason:
+  description: Why this backend was used (for C(auto), whether a libvirtd answered).
+  returned: when started, also in check mode
+  type: str
+libvirt:
+  description: The libvirt domain, with the libvirt backend.
+  returned: when started with O(backend=libvirt) or O(backend=auto) and libvirt was used
+  type: dict
+  contains:
+    uri:
+      description: The connection URI.
+      type: str
+    domain:
+      description: The transient domain's name, C(testfleet-<name>-<hash of the run directory>).
+      type: str
+    uuid:
+      description: The domain's UUID.
+      type: str
+    start_s:
+      description: Seconds C(virDomainCreateXML) took (libvirt's preparation and QEMU's start).
+      type: float
+    domain_xml:
+      description: The domain's XML, kept in the run directory.
+      type: str
+    log:
+      description: The file where libvirtd keeps QEMU's own messages for this domain.
+      type: str
+  sample: {uri: "qemu:///system", domain: testfleet-job-1-3f2a9c1b, uuid: 0d6c1c92-3f6e-4a55-9b1e-2b7a53d4c0aa,
+           start_s: 0.52, domain_xml: /root/.cache/testfleet/vms/job-1/domain.xml,
+           log: /var/log/libvirt/qemu/testfleet-job-1-3f2a9c1b.log}
 console_log:
   description: The guest's serial console.
   returned: when started
@@ -236,7 +317,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images, vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils import images, vm_libvirt, vm_run
 
 
 def _manifest_of(image):
@@ -255,11 +336,23 @@ def _manifest_of(image):
 def _started_result(state, run_dir):
     target = vm_run.SshTarget(state["ssh"]["port"], state["ssh"]["user"], state["ssh"]["private_key_file"],
                               state["ssh"]["known_hosts_file"], state["ssh"]["host_key_alias"])
-    return dict(state="running", run_dir=run_dir, ssh=target.describe(), ssh_config=os.path.join(run_dir, "ssh_config"),
-                inventory_vars=target.ansible_vars(), forwarded_ports={str(k): v for k, v in state["forwards"].items()},
-                accel=state["accel"], accel_reason=state["accel_reason"], keeper_pid=state["keeper_pid"],
-                qemu_pid=state["qemu_pid"], console_log=state["console"], image=state["image"],
-                boot_to_ssh_s=state.get("boot_to_ssh_s"))
+    result = dict(state="running", run_dir=run_dir, ssh=target.describe(), ssh_config=os.path.join(run_dir, "ssh_config"),
+                  inventory_vars=target.ansible_vars(), forwarded_ports={str(k): v for k, v in state["forwards"].items()},
+                  accel=state["accel"], accel_reason=state["accel_reason"], keeper_pid=state["keeper_pid"],
+                  qemu_pid=state["qemu_pid"], console_log=state["console"], image=state["image"],
+                  boot_to_ssh_s=state.get("boot_to_ssh_s"), backend=state.get("backend", "qemu"),
+                  backend_reason=state.get("backend_reason"))
+    if state.get("libvirt"):
+        result["libvirt"] = state["libvirt"]
+    return result
+
+
+def _vm_alive(state):
+    """QEMU runs (when its pid is known: always with the qemu backend), else its keeper does
+    (the keeper of a libvirt VM ends when the domain ends)."""
+    if state.get("qemu_pid"):
+        return vm_run.process_alive(state["qemu_pid"], state["qemu_start"])
+    return vm_run.process_alive(state["keeper_pid"], state["keeper_start"])
 
 
 def main():
@@ -283,6 +376,8 @@ def main():
             initrd=dict(type="path"),
             cmdline=dict(type="str"),
             qemu=dict(type="str", default="qemu-system-x86_64"),
+            backend=dict(type="str", choices=["auto", "qemu", "libvirt"], default="auto"),
+            libvirt_uri=dict(type="str", default=vm_libvirt.DEFAULT_URI),
         ),
         required_if=[("state", "started", ("image",))],
         supports_check_mode=True,
@@ -305,20 +400,26 @@ def main():
                             "after": {"state": "absent"}})
         if exists and not module.check_mode:
             try:
-                vm_run.stop_detached(run_dir)
+                vm_libvirt.stop_detached(run_dir)
             except vm_run.VmError as exc:
                 module.fail_json(msg=str(exc), **result)
         module.exit_json(**result)
 
     image = os.path.abspath(params["image"])
-    if running and current.get("image") == image:
+    current_backend = current.get("backend", "qemu") if current else None
+    if running and current.get("image") == image and params["backend"] in ("auto", current_backend):
         result.update(_started_result(current, run_dir))
         result["boot_to_ssh_s"] = None
         module.exit_json(**result)
-    result.update(changed=True, state="running",
+    try:
+        backend, backend_reason = vm_libvirt.choose_backend(params["backend"], params["libvirt_uri"])
+    except vm_run.VmError as exc:
+        module.fail_json(msg=str(exc), **result)
+    result.update(changed=True, state="running", backend=backend, backend_reason=backend_reason,
                   diff={"before": {"state": "running" if running else "absent",
-                                   "image": current.get("image") if current else None},
-                        "after": {"state": "running", "image": image}})
+                                   "image": current.get("image") if current else None,
+                                   "backend": current_backend if running else None},
+                        "after": {"state": "running", "image": image, "backend": backend}})
     if module.check_mode:
         module.exit_json(**result)
     if not os.path.isfile(image):
@@ -330,7 +431,7 @@ def main():
 
     try:
         if current is not None or os.path.isdir(run_dir):
-            vm_run.stop_detached(run_dir)  # a stopped VM, or one of another image
+            vm_libvirt.stop_detached(run_dir)  # a stopped VM, or one of another image or backend
         manifest = _manifest_of(image)
         boot = vm_run.boot_spec(image, manifest, params["boot_cache_dir"] or os.path.join(home, "vm-boot"),
                                 kernel=params["kernel"], initrd=params["initrd"], cmdline=params["cmdline"])
@@ -338,23 +439,29 @@ def main():
                                             probe_file=params["kvm_probe_file"] or os.path.join(home, "kvm-probe.json"),
                                             qemu=params["qemu"])
         user = params["user"] or (manifest or {}).get("user") or "tester"
-        vm = vm_run.VirtualMachine(image, run_dir, boot=boot, user=user, accel=accel, accel_reason=reason,
-                                   memory=params["memory"], cpus=params["cpus"], forwards=params["forward_ports"],
-                                   qemu=params["qemu"], name=params["name"], keep_run_dir=True)
+        machine = dict(boot=boot, user=user, accel=accel, accel_reason=reason, memory=params["memory"],
+                       cpus=params["cpus"], forwards=params["forward_ports"], qemu=params["qemu"], name=params["name"],
+                       keep_run_dir=True)
+        if backend == "libvirt":
+            vm = vm_libvirt.LibvirtMachine(image, run_dir, uri=params["libvirt_uri"], **machine)
+        else:
+            vm = vm_run.VirtualMachine(image, run_dir, **machine)
         owner = vm_run.find_playbook_pid() if params["tie_to_playbook"] else None
         state = vm_run.start_detached(vm, owner_pid=owner, lifetime=params["lifetime"] or None)
     except vm_run.VmError as exc:
-        module.fail_json(msg="cannot start the VM %s: %s" % (params["name"], exc), **result)
+        module.fail_json(msg="cannot start the VM %s (%s backend: %s): %s" % (params["name"], backend, backend_reason,
+                                                                              exc), **result)
+    state["backend_reason"] = backend_reason
 
     target = vm_run.SshTarget(state["ssh"]["port"], state["ssh"]["user"], state["ssh"]["private_key_file"],
                               state["ssh"]["known_hosts_file"], state["ssh"]["host_key_alias"])
     try:
-        vm_run.wait_for_ssh(target, time.monotonic() + params["boot_timeout"],
-                            lambda: vm_run.process_alive(state["qemu_pid"], state["qemu_start"]), state["console"])
+        vm_run.wait_for_ssh(target, time.monotonic() + params["boot_timeout"], lambda: _vm_alive(state),
+                            state["console"])
     except vm_run.VmError as exc:
-        vm_run.stop_detached(run_dir)
-        module.fail_json(msg="the VM %s (%s: %s) did not come up: %s" % (params["name"], accel, reason, exc),
-                         **result)
+        vm_libvirt.stop_detached(run_dir)
+        module.fail_json(msg="the VM %s (%s: %s; %s backend) did not come up: %s" % (params["name"], accel, reason,
+                                                                                   backend, exc), **result)
     state["boot_to_ssh_s"] = round(time.time() - state["started_at"], 2)
     state_path = os.path.join(run_dir, vm_run.STATE_FILE)
     with open(state_path + ".part", "w") as handle:

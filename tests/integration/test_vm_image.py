@@ -174,6 +174,7 @@ JOB = """
         boot_cache_dir: "{{ boot_cache_dir }}"
         kvm_probe_file: "{{ probe_file }}"
         forward_ports: [8080]
+        backend: qemu  # plain QEMU even where a libvirtd runs (test_vm_libvirt.py tests libvirt)
       register: vm
 
     - name: The same again is not a change
@@ -319,6 +320,7 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
     result = json.loads((tmp_path / "job.json").read_text())
     vm = result["vm"]
     assert vm["changed"] is True and vm["state"] == "running" and vm["boot_to_ssh_s"] > 0
+    assert vm["backend"] == "qemu" and vm["backend_reason"] == "qemu asked for"
     assert result["again"]["changed"] is False
     assert result["over_ssh"] == ["tester", "setup-ran", "root-ok"]
     assert (tmp_path / "job.json.uname").read_text().strip() == manifest["boot_check"]["kernel_release"]
