@@ -434,8 +434,9 @@ def _stop_all():
 
 
 def _on_signal(signum, frame):
-    _stop_all()
+    # read before stopping: the last VM's stop() restores (and forgets) the previous handlers
     previous = _GUARD["previous"].get(signum, signal.SIG_DFL)
+    _stop_all()
     _restore_signals()
     if callable(previous):
         previous(signum, frame)
