@@ -18,8 +18,9 @@ over) and also when the keeper dies in any way, SIGKILL included: the kernel clo
 and libvirtd destroys the domain (the libvirt counterpart of vm_run's ``PR_SET_PDEATHSIG``). A
 transient domain leaves no definition behind once destroyed. When the connection to libvirtd
 breaks (libvirtd stopped cleanly destroys the domain itself; libvirtd killed and restarted takes
-the domain back without autodestroy), the keeper reconnects and destroys the domain itself. :func:`stop_detached` destroys a domain its keeper left (by UUID) before it
-removes the run directory.
+the domain back without autodestroy), the keeper reconnects and destroys the domain itself.
+:func:`stop_detached` destroys a domain its keeper left (by UUID) before it removes the run
+directory.
 
 QEMU runs as the user of the process that starts the domain and libvirt relabels nothing
 (``<seclabel type='static' model='dac' relabel='no'>``): libvirt would otherwise chown the
@@ -357,8 +358,8 @@ class LibvirtMachine(vm_run.VirtualMachine):
         try:
             self.conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
-            raise vm_run.VmError("no libvirtd answers on %s (%s): %s" % (self.uri, exc.get_error_message(),
-                                                                          START_DAEMON))
+            raise vm_run.VmError("no libvirtd answers on %s (%s): %s"
+                                 % (self.uri, exc.get_error_message(), START_DAEMON))
         _destroy_stale(self.conn, self.domain_name, self.run_dir)
         emulator = shutil.which(self.qemu) or self.qemu
         last = None

@@ -460,8 +460,8 @@ def main():
                             state["console"])
     except vm_run.VmError as exc:
         vm_libvirt.stop_detached(run_dir)
-        module.fail_json(msg="the VM %s (%s: %s; %s backend) did not come up: %s" % (params["name"], accel, reason,
-                                                                                   backend, exc), **result)
+        module.fail_json(msg="the VM %s (%s: %s; %s backend) did not come up: %s"
+                         % (params["name"], accel, reason, backend, exc), **result)
     state["boot_to_ssh_s"] = round(time.time() - state["started_at"], 2)
     state_path = os.path.join(run_dir, vm_run.STATE_FILE)
     with open(state_path + ".part", "w") as handle:
