@@ -47,7 +47,7 @@ def pip_config():
             value = ast.literal_eval(raw)
         except (SyntaxError, ValueError):
             value = raw
-        section, _, key = name.rpartition(".")
+        section, dummy, key = name.rpartition(".")
         values[(section, key)] = str(value)
     return values
 

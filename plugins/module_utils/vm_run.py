@@ -449,6 +449,8 @@ def _install_signals():
         if _GUARD["installed"] or threading.current_thread() is not threading.main_thread():
             return
         for signum in _SIGNALS:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # ignored by this process (nohup, a background job): it stays ignored
             _GUARD["previous"][signum] = signal.signal(signum, _on_signal)
         _GUARD["installed"] = True
 

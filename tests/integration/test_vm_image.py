@@ -47,7 +47,9 @@ def blank_image(tmp_path):
 def _helper(collections_path, code, *args):
     """A Python process of its own (as a module would be) running ``code``; its stdout is piped."""
     env = dict(os.environ, PYTHONPATH=collections_path)
-    prelude = ("import json, sys, time\n"
+    # SIGINT as in a terminal: a test command started in the background inherits it ignored
+    prelude = ("import json, signal, sys, time\n"
+               "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
                "from ansible_collections.testfleet.infra.plugins.module_utils import vm_run\n")
     return subprocess.Popen([sys.executable, "-c", prelude + code] + list(args), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
