@@ -144,7 +144,9 @@ def run_floor(slots, jobs, scratch, collections, tag):
 class Bench:
     def __init__(self, url, password_file, scratch):
         sys.path.insert(0, collections_tree(scratch))
-        from ansible_collections.testfleet.infra.plugins.module_utils import amqp, jobs, topology
+        from ansible_collections.testfleet.infra.plugins.module_utils import amqp
+        from ansible_collections.testfleet.infra.plugins.module_utils import jobs
+        from ansible_collections.testfleet.infra.plugins.module_utils import topology
 
         self.amqp, self.jobs, self.topology_lib = amqp, jobs, topology
         self.url = url

@@ -87,7 +87,8 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("bench/images: building images needs root (debootstrap, chroot)")
     import_collection()
-    from ansible_collections.testfleet.infra.plugins.module_utils import images, vm_run
+    from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+    from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 
     work = tempfile.mkdtemp(prefix="bench-images-", dir=args.work)
     figures = {}

@@ -145,7 +145,7 @@ async def run_level(requests, concurrency, duration, warmup):
 
 async def broker_ceiling(settings, description, queue, bodies, duration, in_flight=32):
     """Confirmed persistent publishes per second, ``in_flight`` at a time, on one channel."""
-    from ansible_collections.testfleet.infra.plugins.module_utils.webhook_publisher import AsyncPublisher
+    from ansible_collections.testfleet.infra.programs.webhook.publisher import AsyncPublisher
     publisher = AsyncPublisher(settings, description, queue, timeout=30, app_id="bench")
     if not await publisher.start(wait=15):
         raise SystemExit("bench: the broker is not reachable: %s" % publisher.last_error)
@@ -231,8 +231,10 @@ def main(argv=None):
         parser.error("--url needs --secret-file")
 
     import_collection()
-    from ansible_collections.testfleet.infra.plugins.module_utils import amqp, config, topology
-    from ansible_collections.testfleet.infra.plugins.module_utils.webhook_server import sign
+    from ansible_collections.testfleet.infra.plugins.module_utils import amqp
+    from ansible_collections.testfleet.infra.plugins.module_utils import config
+    from ansible_collections.testfleet.infra.plugins.module_utils import topology
+    from ansible_collections.testfleet.infra.programs.webhook.server import sign
 
     deliveries = load_deliveries(FIXTURES, config.DEFAULT_EVENTS)
     if not deliveries:

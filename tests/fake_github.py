@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A fake GitHub REST API on 127.0.0.1, for tests and benchmarks of everything that talks to GitHub.
 
-It answers the REST calls the forge client (``plugins/module_utils/forge.py``) and PyGithub
+It answers the REST calls the forge client (``plugins/module_utils/forge/client.py``) and PyGithub
 make, with bodies shaped like GitHub's (ids, node ids, user objects, API URLs under this
 server's base URL, ``head``/``base`` of pull requests, labels, ``author_association``...),
 and behaves like GitHub where the client's logic depends on it:

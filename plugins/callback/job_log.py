@@ -130,7 +130,7 @@ import time
 
 from ansible.plugins.callback import CallbackBase
 
-from ansible_collections.testfleet.infra.plugins.module_utils import logstore
+from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore import store as logstore
 
 INFRA_TAG = "testfleet_infra"
 JOB_FIELDS = ("version", "id", "kind", "repo", "sha", "ref", "pull", "context", "timeout", "report", "args")

@@ -18,7 +18,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
-from ansible_collections.testfleet.infra.plugins.module_utils import forge
+from ansible_collections.testfleet.infra.plugins.module_utils.forge import client as forge
 
 FORGE_ARGUMENT_SPEC = dict(
     api_url=dict(type="str", default=forge.DEFAULT_API_URL),

@@ -15,7 +15,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 
 IMAGE_STORE_ARGUMENT_SPEC = dict(
     store_url=dict(type="str"),

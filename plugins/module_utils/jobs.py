@@ -6,11 +6,13 @@
 One job is one JSON object in one AMQP message. Everything that produces a job (the scanner,
 ``amqp_publish``, the operator CLI) and everything that consumes one (the worker) validates it
 here, so a bad job is refused with the same message everywhere: the name of the bad field and
-what it must be.
+what it must be. Jobs are made with :func:`make_job` and named by the one rule of
+:func:`job_id`, whoever makes them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -100,6 +102,39 @@ def validate_job(job):
             shown = value if not isinstance(value, str) or len(value) <= 80 else value[:77] + "..."
             raise JobError(name, "must be %s, got %r" % (FIELDS[name], shown))
     return job
+
+
+def make_job(kind, ident, **fields):
+    """A valid job of ``kind`` named ``ident`` with ``fields`` (those that are None are left out).
+
+    Raise JobError naming the field when the job would be invalid.
+    """
+    job = {"version": VERSION, "id": ident, "kind": kind}
+    job.update((name, value) for name, value in fields.items() if value is not None)
+    return validate_job(job)
+
+
+def digest(*parts):
+    """12 hexadecimal characters of the SHA-256 of ``parts`` (strings) joined by newlines."""
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:12]
+
+
+def job_id(prefix, name, tail=""):
+    """The one rule for job ids: ``<prefix>-<name><tail>``, always valid for :data:`ID_RE`.
+
+    Runs of characters other than letters, digits, ``.``, ``_`` and ``-`` in ``prefix`` and
+    ``name`` become ``_``; the readable part is cut (and stripped of trailing ``.``, ``_``, ``-``)
+    so that ``tail`` fits in 128 characters. What makes an id unique goes in ``tail`` (a
+    :func:`digest` of what identifies the job, an attempt number, a random part), which must
+    itself be made of those characters.
+    """
+    if len(tail) > 64 or not re.match(r"^[A-Za-z0-9._-]*$", tail):
+        raise ValueError("a job id tail is at most 64 letters, digits, '.', '_' or '-', not %r" % (tail,))
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", "%s-%s" % (prefix, name)).lstrip("._-")
+    ident = readable[:128 - len(tail)].rstrip("._-") + tail
+    if not ID_RE.match(ident):  # pragma: no cover - the construction above guarantees it
+        raise ValueError("cannot make a job id of %r" % ident)
+    return ident
 
 
 def encode_job(job):

@@ -55,7 +55,7 @@ except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
     HAS_YAML = False
 
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
-from ansible_collections.testfleet.infra.plugins.module_utils import images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
 from ansible_collections.testfleet.infra.plugins.module_utils import topology
 from ansible_collections.testfleet.infra.plugins.module_utils.config import ConfigError

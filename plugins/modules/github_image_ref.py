@@ -154,9 +154,9 @@ requests:
   sample: {requests: 6, counted: 6, not_modified: 0, writes: 3}
 """
 
-from ansible_collections.testfleet.infra.plugins.module_utils import forge
-from ansible_collections.testfleet.infra.plugins.module_utils import image_refs
-from ansible_collections.testfleet.infra.plugins.module_utils import images
+from ansible_collections.testfleet.infra.plugins.module_utils.forge import client as forge
+from ansible_collections.testfleet.infra.plugins.module_utils.images import refs as image_refs
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import ForgeModule
 
 

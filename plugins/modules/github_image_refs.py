@@ -96,8 +96,8 @@ requests:
   sample: {requests: 14, counted: 3, not_modified: 11, writes: 0}
 """
 
-from ansible_collections.testfleet.infra.plugins.module_utils import forge
-from ansible_collections.testfleet.infra.plugins.module_utils import image_refs
+from ansible_collections.testfleet.infra.plugins.module_utils.forge import client as forge
+from ansible_collections.testfleet.infra.plugins.module_utils.images import refs as image_refs
 from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import ForgeModule
 from ansible_collections.testfleet.infra.plugins.module_utils.testmap import TestMapError, load_testmap
 

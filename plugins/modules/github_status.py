@@ -160,7 +160,7 @@ github_state:
 """
 
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses
-from ansible_collections.testfleet.infra.plugins.module_utils.forge import ForgeError
+from ansible_collections.testfleet.infra.plugins.module_utils.forge.client import ForgeError
 from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import ForgeModule
 
 COMPARED = ("state", "description", "target_url")

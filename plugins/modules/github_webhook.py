@@ -167,7 +167,7 @@ changes:
   sample: [events, secret]
 """
 
-from ansible_collections.testfleet.infra.plugins.module_utils.forge import ForgeError
+from ansible_collections.testfleet.infra.plugins.module_utils.forge.client import ForgeError
 from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import ForgeModule
 
 COMPARED = ("content_type", "events", "active", "insecure_ssl", "has_secret")

@@ -176,8 +176,8 @@ duration:
 import os
 import time
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images
-from ansible_collections.testfleet.infra.plugins.module_utils.image_cache import ImageCache, ProgressLog
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ImageCache, ProgressLog
 from ansible_collections.testfleet.infra.plugins.module_utils.image_store_module import ImageStoreModule
 
 

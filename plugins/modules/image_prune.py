@@ -141,8 +141,8 @@ freed_bytes:
 import os
 import time
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images
-from ansible_collections.testfleet.infra.plugins.module_utils.image_cache import CacheBusy, ImageCache
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import CacheBusy, ImageCache
 from ansible_collections.testfleet.infra.plugins.module_utils.image_store_module import ImageStoreModule
 
 DAY = 86400.0

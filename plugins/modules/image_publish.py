@@ -150,8 +150,8 @@ duration:
 
 import time
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images
-from ansible_collections.testfleet.infra.plugins.module_utils.image_cache import ProgressLog
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
 from ansible_collections.testfleet.infra.plugins.module_utils.image_store_module import ImageStoreModule
 
 

@@ -17,7 +17,7 @@ description:
     contexts need a run, and carries the decisions out. GitHub is the source of truth - the
     statuses say what is queued, running or finished, so running the module again right after
     queues nothing.
-  - The rules are those of C(docs/statuses.md) and C(plugins/module_utils/scan_plan.py).
+  - The rules are those of C(docs/statuses.md) and C(plugins/module_utils/scan/plan.py).
     Finished contexts are not re-run; C(error) contexts are re-queued with the next attempt up
     to the test map's C(max_attempts); queued or running contexts are left alone until their
     deadline, then turned into C(error) (the next scan re-queues them); authors not on the
@@ -303,15 +303,16 @@ import datetime
 
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
-from ansible_collections.testfleet.infra.plugins.module_utils import forge
-from ansible_collections.testfleet.infra.plugins.module_utils import scan_plan
-from ansible_collections.testfleet.infra.plugins.module_utils import scan_state
+from ansible_collections.testfleet.infra.plugins.module_utils.forge import client as forge
+from ansible_collections.testfleet.infra.plugins.module_utils.scan import plan as scan_plan
+from ansible_collections.testfleet.infra.plugins.module_utils.scan import state as scan_state
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses
 from ansible_collections.testfleet.infra.plugins.module_utils import topology
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
 from ansible_collections.testfleet.infra.plugins.module_utils import forge_module
 from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import (
     APP_OPTIONS, CREDENTIAL_OPTIONS, FORGE_ARGUMENT_SPEC)
+from ansible_collections.testfleet.infra.plugins.module_utils import jobs
 from ansible_collections.testfleet.infra.plugins.module_utils.jobs import JobError, REPO_RE, SHA_RE, encode_job
 from ansible_collections.testfleet.infra.plugins.module_utils.testmap import TestMapError, load_testmap
 
@@ -552,16 +553,10 @@ class Scanner:
 
     def job(self, repo, sha, pull, ref, action):
         spec = action.spec
-        job = {"version": 1, "id": scan_plan.job_id(repo, sha, action.context, action.attempt), "kind": "test",
-               "repo": repo, "sha": sha, "context": action.context, "timeout": spec.timeout,
-               "report": {"github": {"context": action.context, "attempt": action.attempt}}}
-        if pull is not None:
-            job["pull"] = pull
-        if ref is not None:
-            job["ref"] = ref
-        if spec.args:
-            job["args"] = spec.args
-        return job
+        return jobs.make_job("test", scan_plan.job_id(repo, sha, action.context, action.attempt),
+                             repo=repo, sha=sha, pull=pull, ref=ref, context=action.context, timeout=spec.timeout,
+                             report={"github": {"context": action.context, "attempt": action.attempt}},
+                             args=spec.args or None)
 
     def connect(self):
         if self.publisher is None:

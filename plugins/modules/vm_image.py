@@ -236,8 +236,8 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.testfleet.infra.plugins.module_utils import vm_build
-from ansible_collections.testfleet.infra.plugins.module_utils.image_cache import ProgressLog
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import build as vm_build
+from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
 
 TOOLS = ("qemu-img", "mke2fs", "ssh", "ssh-keygen")
 

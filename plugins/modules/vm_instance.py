@@ -317,7 +317,11 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images, vm_libvirt, vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
+
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 
 
 def _manifest_of(image):

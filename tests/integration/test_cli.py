@@ -10,7 +10,9 @@ import time
 import pytest
 import yaml
 
-from ansible_collections.testfleet.infra.plugins.module_utils import cli, jobs
+from ansible_collections.testfleet.infra.programs.cli import commands as cli
+
+from ansible_collections.testfleet.infra.plugins.module_utils import jobs
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp import ConfirmedPublisher
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import ensure_queue, expand
 

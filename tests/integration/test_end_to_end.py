@@ -35,7 +35,7 @@ from worker_helpers import WorkerProcess, free_port, git, wait_for  # noqa: E402
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp  # noqa: E402
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses  # noqa: E402
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import ensure_queue, expand  # noqa: E402
-from ansible_collections.testfleet.infra.plugins.module_utils.webhook_server import sign  # noqa: E402
+from ansible_collections.testfleet.infra.programs.webhook.server import sign  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 WEBHOOK_BIN = REPO_ROOT / "bin" / "testfleet-webhook"

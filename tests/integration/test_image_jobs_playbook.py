@@ -20,7 +20,13 @@ import time
 import boto3
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils import amqp, images, statuses, vm_build
+from ansible_collections.testfleet.infra.plugins.module_utils import amqp
+
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+
+from ansible_collections.testfleet.infra.plugins.module_utils import statuses
+
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import build as vm_build
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import ensure_queue
 
 REPO = "org/proj"

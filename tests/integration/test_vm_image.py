@@ -19,7 +19,9 @@ import time
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images, vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 
 HAS_QEMU = shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
 needs_qemu = pytest.mark.skipif(not HAS_QEMU, reason="needs qemu-system-x86 and qemu-utils")

@@ -29,7 +29,11 @@ import types
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images, vm_libvirt, vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
+
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 
 URI = "qemu:///system"
 CACHE_DIR = os.environ.get("TESTFLEET_VM_CACHE_DIR", "/var/cache/testfleet/vm-build")

@@ -23,7 +23,7 @@ import pytest
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils.config import DEFAULT_EVENTS
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import expand
-from ansible_collections.testfleet.infra.plugins.module_utils.webhook_server import sign
+from ansible_collections.testfleet.infra.programs.webhook.server import sign
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 PROGRAM = REPO_ROOT / "bin" / "testfleet-webhook"

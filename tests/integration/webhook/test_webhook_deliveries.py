@@ -84,7 +84,7 @@ def test_bad_signatures_are_401_and_nothing_is_queued(webhook):
 
 
 def sign_sha1(secret, body):
-    from ansible_collections.testfleet.infra.plugins.module_utils.webhook_server import sign
+    from ansible_collections.testfleet.infra.programs.webhook.server import sign
     return sign(secret, body, "sha1")
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from worker_helpers import free_port
 
-from ansible_collections.testfleet.infra.plugins.module_utils import logstore
+from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore import store as logstore
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 
 S3_ACCESS_KEY = "testfleet-test"
 S3_SECRET = "moto-secret-do-not-print-0123456789"

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.testfleet.infra.plugins.module_utils import logstore
+from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore import store as logstore
 
 
 # The collection loader must be set up before anything imports ansible_collections, which the

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils.image_refs import parse_refs
+from ansible_collections.testfleet.infra.plugins.module_utils.images.refs import parse_refs
 
 REPO = "testfleet-example/widget"
 PATH = ".testfleet/images.yml"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 
 OVERHEAD = 16 * 1024  # HTTP headers of the few requests of a fetch, generously
 

@@ -4,8 +4,8 @@ import json
 import os
 import time
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images
-from ansible_collections.testfleet.infra.plugins.module_utils.image_cache import ImageCache
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ImageCache
 
 DAY = 86400
 

@@ -3,7 +3,7 @@
 import json
 import os
 
-from ansible_collections.testfleet.infra.plugins.module_utils import images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 
 
 def test_publishes_to_s3_once(run_module, s3, make_image, tcp_proxy):

@@ -11,8 +11,10 @@ import uuid
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils import amqp, statuses
-from ansible_collections.testfleet.infra.plugins.module_utils.scan_plan import job_id
+from ansible_collections.testfleet.infra.plugins.module_utils import amqp
+
+from ansible_collections.testfleet.infra.plugins.module_utils import statuses
+from ansible_collections.testfleet.infra.plugins.module_utils.scan.plan import job_id
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import ensure_queue, expand
 
 REPO = "org/proj"

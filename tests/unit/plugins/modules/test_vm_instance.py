@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils import vm_libvirt, vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
+
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 
 
 @pytest.fixture

@@ -1,0 +1,141 @@
+# -*- coding: utf-8 -*-
+# Copyright: testfleet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The file operations every part of testfleet shares; each has one home here.
+
+- :func:`write_atomic`: a file replaced atomically (readers see the old content or the new,
+  never a part), with its mode set before the rename and, by default, flushed to disk;
+- :func:`read_secret`: the content of a secret file (a password, token or key), whose errors
+  name the file and never quote what is in it;
+- :func:`load_yaml`: YAML parsed safely and strictly (a key given twice is an error, not the
+  last one silently kept), with errors that name the source, line and column;
+- :func:`remove_quietly`, :func:`fsync_dir`: the small operations that go with them.
+
+Errors are :class:`FileProblem` (a ``ValueError``) worded for the operator; callers that have a
+domain error of their own (``ConfigError``, ``ForgeError``...) catch it and re-raise theirs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+try:
+    import yaml
+    HAS_YAML = True
+except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
+    yaml = None
+    HAS_YAML = False
+
+
+class FileProblem(ValueError):
+    """A file that cannot be used, worded for the operator (the path, never a secret's content)."""
+
+
+def write_atomic(path, data, mode=0o600, fsync=True, prefix=".tmp-"):
+    """Replace ``path`` with ``data`` (bytes, or str written as UTF-8) in one rename.
+
+    The new content goes to a temporary file beside ``path`` that gets ``mode`` and, with
+    ``fsync``, is flushed (with its directory) so that the rename survives a crash. Raise
+    OSError when it cannot be written; the temporary file is then removed.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    folder = os.path.dirname(path) or "."
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=prefix)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            if fsync:
+                stream.flush()
+                os.fsync(stream.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        remove_quietly(temporary)
+        raise
+    if fsync:
+        fsync_dir(folder)
+
+
+def read_secret(path, what="secret"):
+    """The text of the secret file ``path`` without surrounding white space.
+
+    ``what`` names the secret in errors ("GitHub token", "broker password"). Raise
+    :class:`FileProblem` when the file cannot be read, is not UTF-8 or is empty; the message
+    names the path and never the content.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise FileProblem("cannot read the %s file %s: %s"
+                          % (what, path, exc.strerror or exc.__class__.__name__)) from None
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise FileProblem("the %s file %s is not UTF-8 text" % (what, path)) from None
+    if not value:
+        raise FileProblem("the %s file %s is empty" % (what, path))
+    return value
+
+
+if HAS_YAML:
+    class _StrictLoader(yaml.SafeLoader):
+        """PyYAML's safe loader that refuses duplicate keys instead of keeping the last one."""
+
+    def _construct_mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, dummy in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: PyYAML reports it itself
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "the key %r is given twice" % (key,), key_node.start_mark)
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(text, source):
+    """The data of the YAML document ``text`` (str or bytes), parsed safely and strictly.
+
+    ``source`` names the text in errors (a path, or "the test map of owner/name"). Raise
+    :class:`FileProblem` worded ``SOURCE line L column C: problem`` on invalid YAML and on a key
+    given twice in one mapping.
+    """
+    if not HAS_YAML:  # pragma: no cover - PyYAML comes with ansible-core
+        raise FileProblem("reading %s needs PyYAML (pip install pyyaml)" % source)
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # nosec - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = " line %d column %d" % (mark.line + 1, mark.column + 1) if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise FileProblem("%s%s is not valid YAML: %s" % (source, where, problem)) from None
+
+
+def remove_quietly(path):
+    """Remove the file ``path`` if it is there; errors are ignored."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def fsync_dir(path):
+    """Flush the directory ``path`` (a rename in it survives a crash); errors are ignored."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
