@@ -149,7 +149,7 @@ def test_scan_and_retest_jobs(monkeypatch):
     assert len(cli.scan_job(long_repo, "operator", NOW)["id"]) == 128
 
     retest = cli.retest_job("acme/widget", 42, ["debian-12/default"], now=NOW)
-    assert retest["id"].startswith("retest-20240501T123000Z-acme.widget-42-")
+    assert retest["id"].startswith("retest-20240501T123000Z-acme_widget-42-")
     assert {k: v for k, v in retest.items() if k != "id"} == {
         "version": 1, "kind": "scan", "repo": "acme/widget", "pull": 42,
         "args": {"trigger": "operator", "commands": [
