@@ -216,7 +216,7 @@ class ScanState:
             commits = dict((key, entry) for key, entry in sorted(merged.items())
                            if entry["read_at"] > now - MAX_AGE)
             write_atomic(self.path, json.dumps({"version": FORMAT_VERSION, "commits": commits},
-                                             separators=(",", ":")), prefix=".tmp-scan-state-")
+                                               separators=(",", ":")), prefix=".tmp-scan-state-")
         except OSError as exc:
             return "cannot write the scan state %s: %s" % (self.path, exc.strerror or exc)
         finally:
