@@ -176,10 +176,9 @@ mismatches:
   sample: [{kind: queue, name: events, vhost: /, argument: x-delivery-limit, broker: "5", wanted: "6"}]
 """
 
-from ansible_collections.testfleet.infra.plugins.module_utils.amqp import AmqpError
-from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import (
-    DEFAULT_TOPOLOGY, TopologyError, TopologyMismatch, apply_topology, binding_label, expand)
+    DEFAULT_TOPOLOGY, apply_topology, binding_label, expand)
 
 TOPOLOGY_OPTIONS = dict(
     exchange=dict(type="str", default=DEFAULT_TOPOLOGY["exchange"]),
@@ -199,25 +198,20 @@ def _names(state):
 
 
 def main():
-    module = AmqpModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(topology=dict(type="dict", default={}, options=TOPOLOGY_OPTIONS)),
+        families=("amqp",),
         supports_check_mode=True,
     )
-    try:
+    with module.reporting():
         topology = expand(module.params["topology"])
-    except TopologyError as exc:
-        module.fail_json(msg=str(exc), key=exc.key)
-
-    connection = module.connect()
-    try:
-        result = apply_topology(connection, topology, check_mode=module.check_mode)
-    except TopologyMismatch as exc:
-        module.fail_amqp(exc, mismatches=exc.mismatches, topology=topology)
-    except AmqpError as exc:
-        module.fail_amqp(exc, topology=topology)
-    finally:
-        if connection.is_open:
-            connection.close()
+    with module.reporting(dict(topology=topology)):
+        connection = module.connect()
+        try:
+            result = apply_topology(connection, topology, check_mode=module.check_mode)
+        finally:
+            if connection.is_open:
+                connection.close()
 
     created = result["created"]
     before = _names(result["existing"])
