@@ -23,6 +23,7 @@ description:
     of such a queue, nothing comes and the result is RV(empty).
 extends_documentation_fragment:
   - testfleet.infra.amqp
+  - testfleet.infra.amqp.action_group
   - ansible.builtin.action_common_attributes
 options:
   queue:
@@ -53,11 +54,6 @@ options:
       - They are returned in RV(discarded).
     type: str
 attributes:
-  action_group:
-    description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
-    support: full
-    membership:
-      - testfleet.infra.amqp
   platform:
     platforms: posix
   check_mode:

@@ -22,6 +22,7 @@ description:
     task always reports a change.
 extends_documentation_fragment:
   - testfleet.infra.amqp
+  - testfleet.infra.amqp.action_group
   - ansible.builtin.action_common_attributes
 options:
   job:
@@ -45,11 +46,6 @@ options:
     type: str
     default: testfleet
 attributes:
-  action_group:
-    description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
-    support: full
-    membership:
-      - testfleet.infra.amqp
   platform:
     platforms: posix
   check_mode:

@@ -23,6 +23,7 @@ description:
     created in that case.
 extends_documentation_fragment:
   - testfleet.infra.amqp
+  - testfleet.infra.amqp.action_group
   - ansible.builtin.action_common_attributes
 options:
   topology:
@@ -82,11 +83,6 @@ notes:
   - Turning C(single_active_consumer) on or off for an existing queue changes its arguments,
     which RabbitMQ cannot do, so the module fails and explains how to migrate the queue.
 attributes:
-  action_group:
-    description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
-    support: full
-    membership:
-      - testfleet.infra.amqp
   platform:
     platforms: posix
   check_mode:

@@ -237,5 +237,6 @@ def main():
                         else client.update_hook(repo, current["id"], **settings))
     module.exit_json(hook=hook, **result)
 
+
 if __name__ == "__main__":
     main()
