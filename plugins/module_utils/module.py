@@ -16,6 +16,7 @@ the families it needs (two families may not define the same option):
 ``config``       ``config``, testfleet's config file, loaded into :attr:`config`; its ``amqp``
                  and ``forge`` sections then stand for those families' options (with ``forge``,
                  ``config`` counts as the credentials)
+``progress``     ``progress_log`` and ``progress_interval`` of the modules that move images
 
 These methods raise domain errors (:data:`DOMAIN_ERRORS`, :class:`MissingLibrary`); nothing
 but :meth:`fail` turns an error into ``fail_json``: its message (worded for the operator, never
@@ -79,6 +80,7 @@ FAMILIES = {
         timeout=dict(type="float", default=60.0),
     ), mutually_exclusive=[("secret_key", "secret_key_file"), ("profile", "access_key")]),
     "config": dict(argument_spec=dict(config=dict(type="path"))),
+    "progress": dict(argument_spec=dict(progress_log=dict(type="path"), progress_interval=dict(type="float", default=10.0))),
 }
 
 # the errors of module_utils, each worded for the operator

@@ -36,6 +36,7 @@ description:
     image as its backing file.
 extends_documentation_fragment:
   - testfleet.infra.image_store
+  - testfleet.infra.progress
   - ansible.builtin.action_common_attributes
 options:
   store_url:
@@ -81,11 +82,6 @@ options:
       - File that gets a line every O(progress_interval) seconds of a download or hash (phase,
         bytes, percentage, rate, time left). Defaults to C(<cache_dir>/fetch.log).
     type: path
-  progress_interval:
-    description:
-      - Seconds between two progress lines.
-    type: float
-    default: 10.0
 attributes:
   platform:
     platforms: posix
@@ -191,10 +187,8 @@ def main():
             verify=dict(type="str", choices=["sidecar", "full"], default="sidecar"),
             lock_timeout=dict(type="float", default=3600.0),
             retries=dict(type="int", default=3),
-            progress_log=dict(type="path"),
-            progress_interval=dict(type="float", default=10.0),
         ),
-        families=("image_store",),
+        families=("image_store", "progress"),
         supports_check_mode=True,
     )
     params = module.params

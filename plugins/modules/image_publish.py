@@ -30,6 +30,7 @@ description:
     the stored size, SHA-256 metadata and manifest are read back and checked.
 extends_documentation_fragment:
   - testfleet.infra.image_store
+  - testfleet.infra.progress
   - ansible.builtin.action_common_attributes
 options:
   store_url:
@@ -62,16 +63,6 @@ options:
         O(part_size_mib).
     type: int
     default: 4
-  progress_log:
-    description:
-      - A file that gets a progress line every O(progress_interval) seconds while the image is
-        sent (a module cannot show output while it runs; follow it with C(tail -f)).
-    type: path
-  progress_interval:
-    description:
-      - Seconds between two lines of O(progress_log).
-    type: float
-    default: 10.0
 attributes:
   platform:
     platforms: posix
@@ -172,10 +163,8 @@ def main():
             manifest=dict(type="path"),
             part_size_mib=dict(type="int", default=16),
             concurrency=dict(type="int", default=4),
-            progress_log=dict(type="path"),
-            progress_interval=dict(type="float", default=10.0),
         ),
-        families=("image_store",),
+        families=("image_store", "progress"),
         supports_check_mode=True,
     )
     params = module.params
