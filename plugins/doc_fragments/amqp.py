@@ -6,7 +6,8 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # The AMQP connection options of every testfleet.infra AMQP module (module_utils/amqp_module.py).
+    # The AMQP connection options of every testfleet.infra AMQP module (the amqp family of
+    # module_utils/module.py).
     DOCUMENTATION = r"""
 options:
   url:
@@ -53,4 +54,14 @@ options:
     default: 10.0
 requirements:
   - pika >= 1.0 (Python library, on the managed host)
+"""
+
+    # The action group of the modules listed in meta/runtime.yml (testfleet.infra.amqp.action_group).
+    ACTION_GROUP = r"""
+attributes:
+  action_group:
+    description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
+    support: full
+    membership:
+      - testfleet.infra.amqp
 """

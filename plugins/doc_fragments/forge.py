@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # The GitHub API options of every testfleet.infra GitHub module (module_utils/forge_module.py).
+    # The GitHub API options of every testfleet.infra GitHub module (the forge family of module_utils/module.py).
     DOCUMENTATION = r"""
 options:
   api_url:

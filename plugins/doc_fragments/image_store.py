@@ -6,8 +6,8 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # The image store options of image_publish, image_fetch and image_prune
-    # (module_utils/image_store_module.py).
+    # The image store options of image_publish, image_fetch and image_prune (the image_store
+    # family of module_utils/module.py).
     DOCUMENTATION = r"""
 options:
   store_url:

@@ -23,6 +23,7 @@ description:
     of such a queue, nothing comes and the result is RV(empty).
 extends_documentation_fragment:
   - testfleet.infra.amqp
+  - testfleet.infra.amqp.action_group
   - ansible.builtin.action_common_attributes
 options:
   queue:
@@ -53,11 +54,6 @@ options:
       - They are returned in RV(discarded).
     type: str
 attributes:
-  action_group:
-    description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
-    support: full
-    membership:
-      - testfleet.infra.amqp
   platform:
     platforms: posix
   check_mode:
@@ -172,7 +168,7 @@ import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp import pika
-from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
 POLL_INTERVAL = 0.2
 MAX_DISCARDED = 100
@@ -264,16 +260,18 @@ def run(module, channel):
 
 
 def main():
-    module = AmqpModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             queue=dict(type="str", required=True),
             wait=dict(type="float", default=0),
             message_id=dict(type="str"),
             discard_pattern=dict(type="str"),
         ),
+        families=("amqp",),
         supports_check_mode=True,
     )
-    connection = module.connect()
+    with module.reporting():
+        connection = module.connect()
     try:
         run(module, connection.channel())
     except pika.exceptions.ChannelClosedByBroker as exc:

@@ -22,6 +22,7 @@ description:
     task always reports a change.
 extends_documentation_fragment:
   - testfleet.infra.amqp
+  - testfleet.infra.amqp.action_group
   - ansible.builtin.action_common_attributes
 options:
   job:
@@ -45,11 +46,6 @@ options:
     type: str
     default: testfleet
 attributes:
-  action_group:
-    description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
-    support: full
-    membership:
-      - testfleet.infra.amqp
   platform:
     platforms: posix
   check_mode:
@@ -114,39 +110,33 @@ job:
 
 import json
 
-from ansible_collections.testfleet.infra.plugins.module_utils.amqp import AmqpError, ConfirmedPublisher
-from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
-from ansible_collections.testfleet.infra.plugins.module_utils.jobs import JobError, encode_job
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
+from ansible_collections.testfleet.infra.plugins.module_utils.jobs import encode_job
 
 
 def main():
-    module = AmqpModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             job=dict(type="dict", required=True),
             queue=dict(type="str", required=True),
             exchange=dict(type="str", default="testfleet"),
         ),
+        families=("amqp",),
         supports_check_mode=True,
     )
     queue, exchange = module.params["queue"], module.params["exchange"]
-    try:
+    with module.reporting():
         body = encode_job(module.params["job"])
-    except JobError as exc:
-        module.fail_json(msg=str(exc), field=exc.field)
     job = json.loads(body)
     result = dict(changed=True, message_id=job["id"], queue=queue, exchange=exchange, job=job,
                   diff={"before": {}, "after": job})
-    if module.check_mode:
-        module.exit_json(**result)
-
-    connection = module.connect()
-    try:
-        ConfirmedPublisher(connection).publish(exchange, queue, body, message_id=job["id"])
-    except AmqpError as exc:
-        module.fail_amqp(exc, changed=False, queue=queue, exchange=exchange)
-    finally:
-        if connection.is_open:
-            connection.close()
+    if not module.check_mode:
+        with module.reporting(dict(changed=False, queue=queue, exchange=exchange)):
+            publisher = module.publisher()
+            try:
+                publisher.publish(exchange, queue, body, message_id=job["id"])
+            finally:
+                publisher.close()
     module.exit_json(**result)
 
 

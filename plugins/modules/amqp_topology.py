@@ -23,6 +23,7 @@ description:
     created in that case.
 extends_documentation_fragment:
   - testfleet.infra.amqp
+  - testfleet.infra.amqp.action_group
   - ansible.builtin.action_common_attributes
 options:
   topology:
@@ -82,11 +83,6 @@ notes:
   - Turning C(single_active_consumer) on or off for an existing queue changes its arguments,
     which RabbitMQ cannot do, so the module fails and explains how to migrate the queue.
 attributes:
-  action_group:
-    description: Use C(group/testfleet.infra.amqp) in C(module_defaults) to give all AMQP modules the same connection options.
-    support: full
-    membership:
-      - testfleet.infra.amqp
   platform:
     platforms: posix
   check_mode:
@@ -176,10 +172,9 @@ mismatches:
   sample: [{kind: queue, name: events, vhost: /, argument: x-delivery-limit, broker: "5", wanted: "6"}]
 """
 
-from ansible_collections.testfleet.infra.plugins.module_utils.amqp import AmqpError
-from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import (
-    DEFAULT_TOPOLOGY, TopologyError, TopologyMismatch, apply_topology, binding_label, expand)
+    DEFAULT_TOPOLOGY, apply_topology, binding_label, expand)
 
 TOPOLOGY_OPTIONS = dict(
     exchange=dict(type="str", default=DEFAULT_TOPOLOGY["exchange"]),
@@ -199,25 +194,20 @@ def _names(state):
 
 
 def main():
-    module = AmqpModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(topology=dict(type="dict", default={}, options=TOPOLOGY_OPTIONS)),
+        families=("amqp",),
         supports_check_mode=True,
     )
-    try:
+    with module.reporting():
         topology = expand(module.params["topology"])
-    except TopologyError as exc:
-        module.fail_json(msg=str(exc), key=exc.key)
-
-    connection = module.connect()
-    try:
-        result = apply_topology(connection, topology, check_mode=module.check_mode)
-    except TopologyMismatch as exc:
-        module.fail_amqp(exc, mismatches=exc.mismatches, topology=topology)
-    except AmqpError as exc:
-        module.fail_amqp(exc, topology=topology)
-    finally:
-        if connection.is_open:
-            connection.close()
+    with module.reporting(dict(topology=topology)):
+        connection = module.connect()
+        try:
+            result = apply_topology(connection, topology, check_mode=module.check_mode)
+        finally:
+            if connection.is_open:
+                connection.close()
 
     created = result["created"]
     before = _names(result["existing"])

@@ -76,26 +76,23 @@ testmap:
 
 import copy
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
 SECTIONS = ["amqp", "webhook", "worker", "log_store", "forge", "images"]
 
 
 def main():
-    module = AnsibleModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             path=dict(type="path", default="/etc/testfleet/config.yml"),
             sections=dict(type="list", elements="str", required=True, choices=SECTIONS),
         ),
         supports_check_mode=True,
     )
-    try:
+    with module.reporting():
         config = config_lib.load(module.params["path"])
         sections = dict((name, copy.deepcopy(config.section(name))) for name in module.params["sections"])
-    except config_lib.ConfigError as exc:
-        module.fail_json(msg=str(exc))
     module.exit_json(changed=False, config=sections, path=config.path, testmap=config.testmap)
 
 

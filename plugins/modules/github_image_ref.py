@@ -154,10 +154,9 @@ requests:
   sample: {requests: 6, counted: 6, not_modified: 0, writes: 3}
 """
 
-from ansible_collections.testfleet.infra.plugins.module_utils.forge import client as forge
 from ansible_collections.testfleet.infra.plugins.module_utils.images import refs as image_refs
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
-from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import ForgeModule
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
 
 def _text(found, path):
@@ -187,35 +186,42 @@ def _default_body(ref, previous, manifest):
     return "\n".join(lines)
 
 
-class ImageRefChange:
-    """Works out and carries out the change (``check``: work it out only)."""
+class ChangeError(ValueError):
+    """The change asked for cannot be made (the message says why)."""
 
-    def __init__(self, module, client):
-        self.module = module
+
+class ImageRefChange:
+    """Works out and carries out the change (``check``: work it out only).
+
+    Raises ChangeError, ImageNameError, RefsFileError and ForgeError; changes nothing else.
+    """
+
+    def __init__(self, client, params, check=False):
         self.client = client
-        params = module.params
+        self.params = params
+        self.check = check
         self.repo = params["repo"]
         self.path = params["refs_file"].lstrip("/")
         try:
             self.ref = images.parse_image_ref(params["image"])
         except images.ImageNameError as exc:
-            module.fail_json(msg="image: %s" % exc)
+            raise ChangeError("image: %s" % exc) from None
         if self.ref.name is None:
-            module.fail_json(msg="image must be <name>-<sha256> (the name says which entry of %s to change), not a "
-                                 "bare SHA-256" % self.path)
+            raise ChangeError("image must be <name>-<sha256> (the name says which entry of %s to change), not a "
+                              "bare SHA-256" % self.path)
         self.branch = params["branch"] or "testfleet/image-%s" % self.ref.name
         self.result = {"changed": False, "created": False, "committed": False, "up_to_date": False,
                        "branch": self.branch}
 
     def run(self):
-        params, check = self.module.params, self.module.check_mode
+        params, check = self.params, self.check
         base = params["base"] or self.client.default_branch(self.repo)
         if base == self.branch:
-            self.module.fail_json(msg="branch and base are both %s" % base)
+            raise ChangeError("branch and base are both %s" % base)
         self.result["base"] = base
         base_sha = self.client.ref_sha(self.repo, base)
         if base_sha is None:
-            self.module.fail_json(msg="%s has no branch %s" % (self.repo, base))
+            raise ChangeError("%s has no branch %s" % (self.repo, base))
         base_text = _text(self.client.file(self.repo, self.path, base_sha), self.path)
         before = image_refs.parse_refs(base_text, "%s of %s" % (self.path, base))
         previous = before.get(self.ref.name)
@@ -275,7 +281,7 @@ class ImageRefChange:
 
 
 def main():
-    module = ForgeModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             repo=dict(type="str", required=True),
             image=dict(type="str", required=True),
@@ -287,21 +293,17 @@ def main():
             manifest=dict(type="dict"),
             commit_message=dict(type="str"),
         ),
-        with_config=True,
+        families=("forge", "config"),
         supports_check_mode=True,
     )
-    client = module.client()
-    change = ImageRefChange(module, client)
-    try:
-        result = change.run()
-    except forge.ForgeError as exc:
-        module.fail_forge(exc, requests=dict(client.stats))
-    except image_refs.RefsFileError as exc:
-        module.fail_json(msg=str(exc), requests=dict(client.stats))
-    result["requests"] = dict(client.stats)
-    if not module._diff:
+    failed = {}
+    with module.reporting(failed, errors=(ChangeError,)):
+        client = module.forge_client()
+        failed["requests"] = client.stats
+        result = ImageRefChange(client, module.params, module.check_mode).run()
+    if not module.diff:
         result.pop("diff", None)
-    module.exit_json(**result)
+    module.exit_json(requests=client.stats, **result)
 
 
 if __name__ == "__main__":

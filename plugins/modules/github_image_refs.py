@@ -96,10 +96,9 @@ requests:
   sample: {requests: 14, counted: 3, not_modified: 11, writes: 0}
 """
 
-from ansible_collections.testfleet.infra.plugins.module_utils.forge import client as forge
 from ansible_collections.testfleet.infra.plugins.module_utils.images import refs as image_refs
-from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import ForgeModule
-from ansible_collections.testfleet.infra.plugins.module_utils.testmap import TestMapError, load_testmap
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
+from ansible_collections.testfleet.infra.plugins.module_utils.testmap import load_testmap
 
 
 def heads_of(client, repo):
@@ -138,32 +137,26 @@ def collect(client, repos, path, ignore_invalid):
 
 
 def main():
-    module = ForgeModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             repos=dict(type="list", elements="str"),
             refs_file=dict(type="str", default=image_refs.DEFAULT_REFS_FILE),
             ignore_invalid=dict(type="bool", default=False),
         ),
-        with_config=True,
+        families=("forge", "config"),
         supports_check_mode=True,
     )
-    repos = module.params["repos"]
-    if not repos:
-        if module.config is None or not module.config.testmap:
-            module.fail_json(msg="repos is required (or a config file whose testmap names the repositories)")
-        try:
-            repos = load_testmap(module.config.testmap).repos
-        except TestMapError as exc:
-            module.fail_json(msg=str(exc))
-    client = module.client()
-    try:
-        refs, heads, invalid = collect(client, repos, module.params["refs_file"].lstrip("/"),
-                                       module.params["ignore_invalid"])
-    except forge.ForgeError as exc:
-        module.fail_forge(exc, requests=dict(client.stats))
-    except image_refs.RefsFileError as exc:
-        module.fail_json(msg=str(exc), requests=dict(client.stats))
-    module.exit_json(changed=False, refs=refs, heads=heads, invalid=invalid, requests=dict(client.stats))
+    params, config = module.params, module.config
+    if not params["repos"] and (config is None or not config.testmap):
+        module.fail_json(msg="repos is required (or a config file whose testmap names the repositories)")
+    result = dict(changed=False)
+    with module.reporting(result):
+        repos = params["repos"] or load_testmap(config.testmap).repos
+        client = module.forge_client()
+        result["requests"] = client.stats
+        result["refs"], result["heads"], result["invalid"] = collect(
+            client, repos, params["refs_file"].lstrip("/"), params["ignore_invalid"])
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -160,14 +160,13 @@ github_state:
 """
 
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses
-from ansible_collections.testfleet.infra.plugins.module_utils.forge.client import ForgeError
-from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import ForgeModule
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
 COMPARED = ("state", "description", "target_url")
 
 
 def main():
-    module = ForgeModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             repo=dict(type="str", required=True),
             sha=dict(type="str", required=True),
@@ -182,6 +181,7 @@ def main():
         ),
         required_if=[("state", "queued", ("deadline", "description"), True),
                      ("state", "running", ("deadline", "description"), True)],
+        families=("forge",),
         supports_check_mode=True,
     )
     params = module.params
@@ -196,23 +196,18 @@ def main():
             module.fail_json(msg="cannot write the %s status: %s" % (kind, exc), github_state=github_state)
     wanted = {"state": github_state, "description": description, "target_url": params["target_url"]}
 
-    client = module.client()
-    try:
+    failed = dict(changed=False, github_state=github_state)
+    with module.reporting(failed):
+        client = module.forge_client()
         current = client.combined_status(params["repo"], params["sha"])["statuses"].get(params["context"])
-    except ForgeError as exc:
-        module.fail_forge(exc, changed=False, github_state=github_state)
     before = {name: current[name] for name in COMPARED} if current else {}
     result = dict(changed=before != wanted, github_state=github_state, diff={"before": before, "after": wanted})
-    if not result["changed"]:
-        module.exit_json(status=dict(current, context=params["context"]), **result)
-    if module.check_mode:
-        module.exit_json(status=dict(wanted, context=params["context"]), **result)
-    try:
-        posted = client.create_status(params["repo"], params["sha"], github_state, params["context"],
-                                      description=description, target_url=params["target_url"])
-    except ForgeError as exc:
-        module.fail_forge(exc, changed=False, github_state=github_state)
-    module.exit_json(status=posted, **result)
+    status = dict(wanted if result["changed"] else current, context=params["context"])
+    if result["changed"] and not module.check_mode:
+        with module.reporting(failed):
+            status = client.create_status(params["repo"], params["sha"], github_state, params["context"],
+                                          description=description, target_url=params["target_url"])
+    module.exit_json(status=status, **result)
 
 
 if __name__ == "__main__":

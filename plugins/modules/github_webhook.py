@@ -167,8 +167,7 @@ changes:
   sample: [events, secret]
 """
 
-from ansible_collections.testfleet.infra.plugins.module_utils.forge.client import ForgeError
-from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import ForgeModule
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
 COMPARED = ("content_type", "events", "active", "insecure_ssl", "has_secret")
 
@@ -181,7 +180,7 @@ def view(hook):
 
 
 def main():
-    module = ForgeModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             repo=dict(type="str", required=True),
             url=dict(type="str", required=True),
@@ -193,30 +192,26 @@ def main():
             insecure_ssl=dict(type="bool", default=False),
             state=dict(type="str", choices=["present", "absent"], default="present"),
         ),
+        families=("forge",),
         supports_check_mode=True,
     )
     params = module.params
     repo, url, secret = params["repo"], params["url"], params["secret"]
     if params["state"] == "present" and not params["events"]:
         module.fail_json(msg="events must name at least one event (or *)")
-    client = module.client()
-    try:
+    with module.reporting(dict(changed=False)):
+        client = module.forge_client()
         hooks = [hook for hook in client.hooks(repo) if hook["url"] == url]
-    except ForgeError as exc:
-        module.fail_forge(exc, changed=False)
 
     if params["state"] == "absent":
-        before = view(hooks[0]) if hooks else {}
         result = dict(changed=bool(hooks), hook=None, changes=["deleted"] if hooks else [],
-                      diff={"before": before, "after": {}})
+                      diff={"before": view(hooks[0]) if hooks else {}, "after": {}})
         if not module.check_mode:
-            deleted = 0
-            try:
+            done = dict(changed=False)
+            with module.reporting(done):
                 for hook in hooks:
                     client.delete_hook(repo, hook["id"])
-                    deleted += 1
-            except ForgeError as exc:
-                module.fail_forge(exc, changed=deleted > 0)
+                    done["changed"] = True
         module.exit_json(**result)
 
     if len(hooks) > 1:
@@ -224,32 +219,23 @@ def main():
             len(hooks), repo, url, ", ".join(str(hook["id"]) for hook in hooks)), changed=False)
     wanted = {"url": url, "content_type": params["content_type"], "events": sorted(set(params["events"])),
               "active": params["active"], "insecure_ssl": params["insecure_ssl"], "has_secret": secret is not None}
-    settings = dict(url=url, secret=secret, events=wanted["events"], content_type=params["content_type"],
-                    active=params["active"], insecure_ssl=params["insecure_ssl"])
-
-    if not hooks:
-        result = dict(changed=True, changes=["created"], diff={"before": {}, "after": dict(wanted, id=None)})
-        if module.check_mode:
-            module.exit_json(hook=dict(wanted, id=None), **result)
-        try:
-            created = client.create_hook(repo, **settings)
-        except ForgeError as exc:
-            module.fail_forge(exc, changed=False)
-        module.exit_json(hook=view(created), **result)
-
-    current = view(hooks[0])
-    changes = [name for name in COMPARED if current[name] != wanted[name]]
-    if secret is not None and (changes or params["update_secret"] == "always"):
-        changes.append("secret")
-    after = dict(wanted, id=current["id"])
-    result = dict(changed=bool(changes), changes=changes, diff={"before": current, "after": after})
-    if not changes or module.check_mode:
-        module.exit_json(hook=after if changes else current, **result)
-    try:
-        updated = client.update_hook(repo, current["id"], **settings)
-    except ForgeError as exc:
-        module.fail_forge(exc, changed=False)
-    module.exit_json(hook=view(updated), **result)
+    current = view(hooks[0]) if hooks else None
+    if current is None:
+        changes = ["created"]
+    else:
+        changes = [name for name in COMPARED if current[name] != wanted[name]]
+        if secret is not None and (changes or params["update_secret"] == "always"):
+            changes.append("secret")
+    after = dict(wanted, id=current["id"] if current else None)
+    result = dict(changed=bool(changes), changes=changes, diff={"before": current or {}, "after": after})
+    hook = after if changes else current
+    if changes and not module.check_mode:
+        settings = dict(url=url, secret=secret, events=wanted["events"], content_type=params["content_type"],
+                        active=params["active"], insecure_ssl=params["insecure_ssl"])
+        with module.reporting(dict(changed=False)):
+            hook = view(client.create_hook(repo, **settings) if current is None
+                        else client.update_hook(repo, current["id"], **settings))
+    module.exit_json(hook=hook, **result)
 
 
 if __name__ == "__main__":

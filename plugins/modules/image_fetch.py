@@ -36,6 +36,7 @@ description:
     image as its backing file.
 extends_documentation_fragment:
   - testfleet.infra.image_store
+  - testfleet.infra.progress
   - ansible.builtin.action_common_attributes
 options:
   store_url:
@@ -81,11 +82,6 @@ options:
       - File that gets a line every O(progress_interval) seconds of a download or hash (phase,
         bytes, percentage, rate, time left). Defaults to C(<cache_dir>/fetch.log).
     type: path
-  progress_interval:
-    description:
-      - Seconds between two progress lines.
-    type: float
-    default: 10.0
 attributes:
   platform:
     platforms: posix
@@ -178,11 +174,11 @@ import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ImageCache, ProgressLog
-from ansible_collections.testfleet.infra.plugins.module_utils.image_store_module import ImageStoreModule
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
 
 def main():
-    module = ImageStoreModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             store_url=dict(type="str", required=True),
             name=dict(type="str", required=True),
@@ -191,27 +187,22 @@ def main():
             verify=dict(type="str", choices=["sidecar", "full"], default="sidecar"),
             lock_timeout=dict(type="float", default=3600.0),
             retries=dict(type="int", default=3),
-            progress_log=dict(type="path"),
-            progress_interval=dict(type="float", default=10.0),
         ),
+        families=("image_store", "progress"),
         supports_check_mode=True,
     )
     params = module.params
     started = time.monotonic()
-    try:
+    with module.reporting():
         ref = images.ImageRef(images.check_name(params["name"]), images.check_sha256(params["sha256"].lower()))
-    except images.ImageNameError as exc:
-        module.fail_json(msg=str(exc))
+        store = module.image_store()
     cache = ImageCache(params["cache_dir"])
-    store = module.store()
     log_path = params["progress_log"] or (cache.progress_log_path() if not module.check_mode else None)
     progress = ProgressLog(log_path, ref.image_file, interval=params["progress_interval"])
     before = "present" if os.path.exists(cache.image_path(ref)) else "absent"
-    try:
+    with module.reporting(dict(name=ref.name, sha256=ref.sha256, path=cache.image_path(ref))):
         outcome = cache.fetch(store, ref, verify=params["verify"], lock_timeout=params["lock_timeout"],
                               retries=max(0, params["retries"]), progress=progress, check_mode=module.check_mode)
-    except images.ImageError as exc:
-        module.fail_image(exc, name=ref.name, sha256=ref.sha256, path=cache.image_path(ref))
     if outcome["replaced_corrupt"]:
         before = "corrupt"
     duration = round(time.monotonic() - started, 3)

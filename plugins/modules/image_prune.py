@@ -143,7 +143,7 @@ import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import CacheBusy, ImageCache
-from ansible_collections.testfleet.infra.plugins.module_utils.image_store_module import ImageStoreModule
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
 DAY = 86400.0
 
@@ -186,7 +186,7 @@ def plan_store(store, keep, cutoff, now):
 
 
 def prune_store(module, keep, cutoff, now, result):
-    store = module.store()
+    store = module.image_store()
     removed, kept = plan_store(store, keep, cutoff, now)
     for ref, dummy in removed:
         if not module.check_mode:
@@ -249,7 +249,7 @@ def prune_cache(module, keep, cutoff, now, result):
 
 
 def main():
-    module = ImageStoreModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             cache_dir=dict(type="path"),
             keep=dict(type="list", elements="str", required=True),
@@ -257,6 +257,7 @@ def main():
             allow_empty_keep=dict(type="bool", default=False),
         ),
         required_one_of=[("store_url", "cache_dir")],
+        families=("image_store",),
         supports_check_mode=True,
     )
     params = module.params
@@ -271,7 +272,7 @@ def main():
     now = time.time()
     cutoff = now - params["older_than_days"] * DAY
     result = {"changed": False, "freed_bytes": 0, "diff": {"before": {}, "after": {}}}
-    try:
+    with module.reporting(result):
         if params["store_url"]:
             prune_store(module, keep, cutoff, now, result)
         if params["cache_dir"]:
@@ -279,8 +280,6 @@ def main():
                 result.update(cache_removed=[], cache_kept=[], cache_partials_removed=[])
             else:
                 prune_cache(module, keep, cutoff, now, result)
-    except images.ImageError as exc:
-        module.fail_image(exc, **result)
     result["changed"] = bool(result.get("store_removed") or result.get("store_incoming_removed")
                              or result.get("cache_removed") or result.get("cache_partials_removed"))
     module.exit_json(**result)

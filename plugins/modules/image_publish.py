@@ -30,6 +30,7 @@ description:
     the stored size, SHA-256 metadata and manifest are read back and checked.
 extends_documentation_fragment:
   - testfleet.infra.image_store
+  - testfleet.infra.progress
   - ansible.builtin.action_common_attributes
 options:
   store_url:
@@ -62,16 +63,6 @@ options:
         O(part_size_mib).
     type: int
     default: 4
-  progress_log:
-    description:
-      - A file that gets a progress line every O(progress_interval) seconds while the image is
-        sent (a module cannot show output while it runs; follow it with C(tail -f)).
-    type: path
-  progress_interval:
-    description:
-      - Seconds between two lines of O(progress_log).
-    type: float
-    default: 10.0
 attributes:
   platform:
     platforms: posix
@@ -152,7 +143,7 @@ import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
-from ansible_collections.testfleet.infra.plugins.module_utils.image_store_module import ImageStoreModule
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
 
 def describe(stored, ref):
@@ -165,16 +156,15 @@ def describe(stored, ref):
 
 
 def main():
-    module = ImageStoreModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             store_url=dict(type="str", required=True),
             image=dict(type="path", required=True),
             manifest=dict(type="path"),
             part_size_mib=dict(type="int", default=16),
             concurrency=dict(type="int", default=4),
-            progress_log=dict(type="path"),
-            progress_interval=dict(type="float", default=10.0),
         ),
+        families=("image_store", "progress"),
         supports_check_mode=True,
     )
     params = module.params
@@ -195,9 +185,9 @@ def main():
         except OSError as exc:
             module.fail_json(msg="cannot read the manifest %s: %s" % (params["manifest"], exc.strerror or exc))
         except images.ImageError as exc:
-            module.fail_image(exc)
-
-    store = module.store(part_size=params["part_size_mib"] * images.MIB, concurrency=params["concurrency"])
+            module.fail(exc)
+    with module.reporting():
+        store = module.image_store(part_size=params["part_size_mib"] * images.MIB, concurrency=params["concurrency"])
     progress = None
     if params["progress_log"]:
         log = ProgressLog(params["progress_log"], "publish %s to %s" % (ref.image_file, store.describe()),
@@ -205,11 +195,9 @@ def main():
 
         def progress(done, total):
             log("uploading", done, total)
-    try:
+    with module.reporting(dict(name=ref.name, sha256=ref.sha256)):
         outcome = images.publish_image(store, params["image"], manifest=manifest, check_mode=module.check_mode,
                                        progress=progress)
-    except images.ImageError as exc:
-        module.fail_image(exc, name=ref.name, sha256=ref.sha256)
     if outcome["changed"] and not module.check_mode:
         module.log("image_publish: %s -> %s (%s)" % (ref.image_file, store.describe(), ", ".join(outcome["uploaded"])))
     before = describe(outcome["before"], ref)

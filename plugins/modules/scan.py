@@ -301,22 +301,13 @@ requests:
 
 import datetime
 
-from ansible_collections.testfleet.infra.plugins.module_utils import amqp
-from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
-from ansible_collections.testfleet.infra.plugins.module_utils.forge import client as forge
-from ansible_collections.testfleet.infra.plugins.module_utils.scan import plan as scan_plan
-from ansible_collections.testfleet.infra.plugins.module_utils.scan import state as scan_state
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses
 from ansible_collections.testfleet.infra.plugins.module_utils import topology
-from ansible_collections.testfleet.infra.plugins.module_utils.amqp_module import AmqpModule
-from ansible_collections.testfleet.infra.plugins.module_utils import forge_module
-from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import (
-    APP_OPTIONS, CREDENTIAL_OPTIONS, FORGE_ARGUMENT_SPEC)
-from ansible_collections.testfleet.infra.plugins.module_utils import jobs
-from ansible_collections.testfleet.infra.plugins.module_utils.jobs import JobError, REPO_RE, SHA_RE, encode_job
-from ansible_collections.testfleet.infra.plugins.module_utils.testmap import TestMapError, load_testmap
-
-BRANCH_PREFIX = "refs/heads/"
+from ansible_collections.testfleet.infra.plugins.module_utils.jobs import REPO_RE, SHA_RE
+from ansible_collections.testfleet.infra.plugins.module_utils.module import DOMAIN_ERRORS, AnsibleTestfleetModule
+from ansible_collections.testfleet.infra.plugins.module_utils.scan.scanner import BRANCH_PREFIX, PublishFailed, Scanner
+from ansible_collections.testfleet.infra.plugins.module_utils.scan.state import ScanState
+from ansible_collections.testfleet.infra.plugins.module_utils.testmap import load_testmap
 
 
 def utc_now():
@@ -324,347 +315,36 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-OPERATOR_PREFIX = "operator:"
-
-
-class ScanModule(AmqpModule):
-    """The AMQP module base with the forge options, where a config file may stand for both."""
-
-    def __init__(self, argument_spec, **kwargs):
-        spec = dict(FORGE_ARGUMENT_SPEC)
-        spec.update(argument_spec)
-        super().__init__(argument_spec=spec, **kwargs)
-        self.config = None
-        if self.params["config"]:
-            try:
-                self.config = config_lib.load(self.params["config"])
-            except config_lib.ConfigError as exc:
-                self.fail_json(msg=str(exc))
-
-    def amqp_settings(self):
-        if self.config is not None:
-            return self.config.amqp_settings(connection_name="ansible %s" % self._name)
-        return super().amqp_settings()
-
-    def testmap_path(self):
-        path = self.params["testmap"] or (self.config.testmap if self.config is not None else None)
-        if not path:
-            self.fail_json(msg="no test map: give the testmap option%s" % (
-                ", or a testmap key in %s" % self.config.path if self.config is not None else " or a config file"))
-        return path
-
-    def exchange(self):
-        if self.params["exchange"]:
-            return self.params["exchange"]
-        description = (self.config.topology if self.config is not None else None) or {}
-        return description.get("exchange", topology.DEFAULT_TOPOLOGY["exchange"])
-
-    def forge_settings(self):
-        try:
-            return forge_module.client_settings(self.params, self.config)
-        except forge.ForgeError as exc:
-            self.fail_json(msg="%s (the scan posts commit statuses)" % exc)
-
-    def client(self):
-        try:
-            return forge.ForgeClient(**self.forge_settings())
-        except forge.ForgeError as exc:
-            self.fail_json(msg=str(exc), http_status=exc.status)
-
-    def scan_state(self):
-        """The scan state kept next to the ETag cache (an empty one without a cache directory)."""
-        state = scan_state.ScanState.load(self.forge_settings()["etag_cache_dir"])
-        if state.problem:
-            self.warn("the scan state %s was not used (%s): every commit is read" % (state.path, state.problem))
-        return state
-
-
-class Scanner:
-    """Reads GitHub, plans, and carries the plan out (unless in check mode)."""
-
-    def __init__(self, module, testmap, client, now, state=None):
-        self.module = module
-        self.testmap = testmap
-        self.client = client
-        self.now = now
-        self.state = state if state is not None else scan_state.ScanState()
-        self.rebuild = bool(module.params.get("rebuild"))
-        self.fresh = bool(module.params.get("fresh")) or self.rebuild
-        self.check_mode = module.check_mode
-        self.exchange = module.exchange()
-        self.connection = None
-        self.publisher = None
-        self.permissions = {}
-        self.republishing = set()  # job ids: a commit may be the head of a pull request and a branch
-        self.result = {"changed": False, "plan": [], "queued": [], "republished": [], "reaped": [], "approval": [],
-                       "gave_up": [], "refused": []}
-        self.diff = {"before": {}, "after": {}}
-
-    # --- reading ------------------------------------------------------------------------------
-    def commands(self, repo):
-        """The module's commands with each user's permission on ``repo`` (asked once per user).
-
-        ``operator:<name>`` (the operator CLI's user, which no GitHub login can be: only those who
-        may publish to the broker can send it) has admin permission.
-        """
-        result = []
-        for command in self.module.params["commands"] or ():
-            user = command["user"]
-            if user.startswith(OPERATOR_PREFIX):
-                self.permissions[(repo, user)] = "admin"
-            if (repo, user) not in self.permissions:
-                self.permissions[(repo, user)] = self.client.permission(repo, user)
-            result.append(dict(command, permission=self.permissions[(repo, user)]))
-        return result
-
-    def scan_repo(self, repo):
-        """Every open pull request and test-map branch head of ``repo``; a commit the scan state
-        shows nothing to do for is not read (unless fresh)."""
-        heads = set()
-        for pull in sorted(self.client.pulls(repo), key=lambda p: p["number"]):
-            heads.add(pull["head_sha"])
-            review = None if self.fresh else scan_state.settled_review(
-                self.testmap, repo, self.known(repo, pull["head_sha"]), self.now, pull=pull)
-            if review is not None:
-                self.note_plan(repo, pull["head_sha"], pull["number"], None, review, cached=True)
-            else:
-                self.scan_pull(repo, pull, ())
-        for branch in self.testmap.head_branches(repo):
-            try:
-                sha = self.client.branch_sha(repo, branch)
-            except forge.ForgeError as exc:
-                if exc.status != 404:
-                    raise
-                self.module.warn("%s: the test map names the branch %s, which does not exist" % (repo, branch))
-                continue
-            heads.add(sha)
-            review = None if self.fresh else scan_state.settled_review(
-                self.testmap, repo, self.known(repo, sha), self.now, branch=branch)
-            if review is not None:
-                self.note_plan(repo, sha, None, BRANCH_PREFIX + branch, review, cached=True)
-            else:
-                self.scan_ref(repo, branch, sha, ())
-        self.state.forget_others(repo, heads)
-
-    def known(self, repo, sha):
-        return self.state.statuses(repo, sha, self.now.timestamp())
-
-    def read_statuses(self, repo, sha):
-        """The commit's statuses from GitHub (and into the scan state)."""
-        current = self.client.combined_status(repo, sha)["statuses"]
-        self.state.remember_read(repo, sha, current, self.now.timestamp())
-        return current
-
-    def scan_sha(self, repo, sha):
-        for pull in self.client.pulls(repo):
-            if pull["head_sha"] == sha:
-                self.scan_pull(repo, pull, ())
-        for branch in self.testmap.head_branches(repo):
-            try:
-                if self.client.branch_sha(repo, branch) == sha:
-                    self.scan_ref(repo, branch, sha, ())
-            except forge.ForgeError as exc:
-                if exc.status != 404:
-                    raise
-
-    def scan_pull(self, repo, pull, commands):
-        sha = pull["head_sha"]
-        current = self.read_statuses(repo, sha)
-        trusted = self.testmap.author_allowed(repo, pull.get("author"), pull.get("author_association"))
-        review = scan_plan.review_pull(self.testmap, repo, pull, current, self.now, commands, trusted=trusted)
-        if not trusted and any(a.kind == "approval" for a in review.actions):
-            # the allow-list's organisations cost a request each: asked only when they decide
-            if self.testmap.author_allowed(repo, pull.get("author"), pull.get("author_association"),
-                                           is_org_member=self.client.is_org_member):
-                review = scan_plan.review_pull(self.testmap, repo, pull, current, self.now, commands, trusted=True)
-        self.carry_out(repo, sha, pull["number"], None, review, current, pull.get("base_ref"))
-
-    def scan_ref(self, repo, branch, sha, commands):
-        current = self.read_statuses(repo, sha)
-        review = scan_plan.review_ref(self.testmap, repo, branch, sha, current, self.now, commands)
-        self.carry_out(repo, sha, None, BRANCH_PREFIX + branch, review, current, branch)
-
-    # --- writing ------------------------------------------------------------------------------
-    def note_plan(self, repo, sha, pull, ref, review, cached=False, extra=()):
-        self.result["plan"].append({
-            "repo": repo, "sha": sha, "pull": pull, "ref": ref, "inactive": review.inactive, "cached": cached,
-            "actions": [a.as_dict() for a in list(review.actions) + list(extra)], "skipped": dict(review.skipped)})
-        self.result["refused"].extend(review.ignored)
-
-    def carry_out(self, repo, sha, pull, ref, review, current, branch):
-        republish = self.to_republish(repo, sha, branch, review, current) if self.rebuild else []
-        self.note_plan(repo, sha, pull, ref, review, extra=republish)
-        where = {"repo": repo, "sha": sha, "pull": pull}
-        for action in republish:
-            if self.check_mode:
-                self.result["changed"] = True
-            else:
-                self.publish(repo, sha, pull, ref, action, self.result["republished"])
-        for action in review.actions:
-            if self.check_mode:
-                self.result["changed"] = True
-                self.note_diff(repo, sha, action.context, current, action.status())
-                continue
-            if action.kind == "queue":
-                self.queue(repo, sha, pull, ref, action, current)
-            else:
-                self.post(repo, sha, action.context, action.status(), current)
-                if action.kind == "reap":
-                    self.result["reaped"].append(dict(where, context=action.context, attempt=action.attempt,
-                                                      reason=action.reason))
-                elif action.kind == "give_up":
-                    self.result["gave_up"].append(dict(where, context=action.context, attempt=action.attempt,
-                                                       reason=action.reason))
-                else:
-                    self.result["approval"].append(dict(where, context=action.context))
-
-    def note_diff(self, repo, sha, context, current, status):
-        key = "%s@%s %s" % (repo, sha, context)
-        self.diff["before"].setdefault(key, (current.get(context) or {}).get("description"))
-        self.diff["after"][key] = status["description"]
-
-    def post(self, repo, sha, context, status, current):
-        posted = self.client.create_status(repo, sha, status["state"], context, description=status["description"],
-                                           target_url=status["target_url"])
-        self.result["changed"] = True
-        self.state.remember_post(repo, sha, context, status, self.now.timestamp(),
-                                 updated_at=(posted or {}).get("updated_at") or self.now.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        self.note_diff(repo, sha, context, current, status)
-
-    def to_republish(self, repo, sha, branch, review, current):
-        """``republish`` actions for the contexts whose status is our ``queued`` within its
-        deadline and that nothing else is done for (an active pull request or a branch head)."""
-        if review.inactive:
-            return []
-        acted = set(action.context for action in review.actions)
-        result = []
-        for context in sorted(current):
-            mine = statuses.parse(current[context])
-            if mine is None or mine.kind != "queued" or mine.deadline < self.now or context in acted:
-                continue
-            spec = self.testmap.context(repo, context, branch)
-            ident = scan_plan.job_id(repo, sha, context, mine.attempt) if spec else None
-            if spec is None or ident in self.republishing:
-                continue
-            self.republishing.add(ident)
-            result.append(scan_plan.Action("republish", context, mine.attempt, "rebuild: %s (attempt %d) until %s" % (
-                mine.kind, mine.attempt, statuses.format_deadline(mine.deadline)), spec, mine.deadline))
-        return result
-
-    def job(self, repo, sha, pull, ref, action):
-        spec = action.spec
-        return jobs.make_job("test", scan_plan.job_id(repo, sha, action.context, action.attempt),
-                             repo=repo, sha=sha, pull=pull, ref=ref, context=action.context, timeout=spec.timeout,
-                             report={"github": {"context": action.context, "attempt": action.attempt}},
-                             args=spec.args or None)
-
-    def connect(self):
-        if self.publisher is None:
-            if not amqp.HAS_PIKA:
-                self.module.connect()  # fails saying that pika is missing
-            self.connection = amqp.connect(self.module.amqp_settings())
-            self.publisher = amqp.ConfirmedPublisher(self.connection)
-
-    def publish(self, repo, sha, pull, ref, action, report):
-        """Publish the job of ``action`` again (rebuild): no status is posted."""
-        job = self.job(repo, sha, pull, ref, action)
-        body = encode_job(job)
-        self.connect()
-        try:
-            self.publisher.publish(self.exchange, action.spec.queue, body, message_id=job["id"])
-        except amqp.AmqpError as exc:
-            raise PublishFailed("the test job %s could not be published again: %s; its queued status stays "
-                                "until its deadline" % (job["id"], exc))
-        self.result["changed"] = True
-        report.append({"repo": repo, "sha": sha, "pull": pull, "context": action.context,
-                       "attempt": action.attempt, "queue": action.spec.queue, "job_id": job["id"]})
-
-    def queue(self, repo, sha, pull, ref, action, current):
-        job = self.job(repo, sha, pull, ref, action)
-        body = encode_job(job)
-        # connected before the first queued status: without a broker nothing is posted
-        self.connect()
-        self.post(repo, sha, action.context, action.status(), current)
-        try:
-            self.publisher.publish(self.exchange, action.spec.queue, body, message_id=job["id"])
-        except amqp.AmqpError as exc:
-            reason = "the test job could not be published: %s" % exc
-            try:
-                self.post(repo, sha, action.context, statuses.status_for(
-                    "error", attempt=action.attempt, reason=reason), current)
-            except forge.ForgeError as post_error:
-                reason += "; its queued status stays until its deadline (%s)" % post_error
-            raise PublishFailed(reason)
-        self.result["queued"].append({"repo": repo, "sha": sha, "pull": pull, "context": action.context,
-                                      "attempt": action.attempt, "queue": action.spec.queue, "job_id": job["id"]})
-
-    def close(self):
-        if self.connection is not None and self.connection.is_open:
-            try:
-                self.connection.close()
-            except Exception:  # closing a broken connection: nothing more to do
-                pass
-
-
-class PublishFailed(Exception):
-    pass
-
-
-def _check_params(module):
-    params = module.params
-    repo = params["repo"]
-    if repo is not None and not REPO_RE.match(repo):
-        module.fail_json(msg="repo must be a GitHub repository as 'owner/name', not %r" % repo)
+def problem(params):
+    """What is wrong with the options that the argument spec cannot say, or None."""
+    if params["repo"] is not None and not REPO_RE.match(params["repo"]):
+        return "repo must be a GitHub repository as 'owner/name', not %r" % params["repo"]
     if params["sha"] is not None and not SHA_RE.match(params["sha"]):
-        module.fail_json(msg="sha must be a full commit hash (40 or 64 lower-case hexadecimal characters), not %r"
-                         % params["sha"])
+        return "sha must be a full commit hash (40 or 64 lower-case hexadecimal characters), not %r" % params["sha"]
     if params["pull"] is not None and params["pull"] < 1:
-        module.fail_json(msg="pull must be a pull request number (1 or more), not %d" % params["pull"])
+        return "pull must be a pull request number (1 or more), not %d" % params["pull"]
     ref = params["ref"]
     if ref is not None and ref.startswith("refs/") and not ref.startswith(BRANCH_PREFIX):
-        module.fail_json(msg="ref must be a branch (main or refs/heads/main), not %r" % ref)
+        return "ref must be a branch (main or refs/heads/main), not %r" % ref
     if params["commands"] and params["pull"] is None and ref is None:
-        module.fail_json(msg="commands apply to one pull request (pull) or one branch (ref)")
-    for command in params["commands"] or ():
-        if command.get("created_at"):
-            try:
-                statuses.utc(command["created_at"])
-            except (TypeError, ValueError):
-                module.fail_json(msg="commands: created_at must be an ISO 8601 time such as "
-                                     "2024-05-01T10:00:00Z, not %r" % command["created_at"])
-
-
-def run(module, scanner):
-    params = module.params
-    repo = params["repo"]
-    if repo and repo.lower() not in [r.lower() for r in scanner.testmap.repos]:
-        module.warn("%s is not in the test map %s: nothing to test" % (repo, scanner.testmap.source))
-        return
-    if params["pull"] is not None:
-        scanner.scan_pull(repo, scanner.client.pull(repo, params["pull"]), scanner.commands(repo))
-    elif params["ref"] is not None:
-        branch = params["ref"][len(BRANCH_PREFIX):] if params["ref"].startswith(BRANCH_PREFIX) else params["ref"]
-        sha = params["sha"] or scanner.client.branch_sha(repo, branch)
-        scanner.scan_ref(repo, branch, sha, scanner.commands(repo))
-    elif params["sha"] is not None:
-        scanner.scan_sha(repo, params["sha"])
-    else:
-        for name in [repo] if repo else scanner.testmap.repos:
-            scanner.scan_repo(name)
-        if not repo:
-            scanner.state.forget_repos_except(scanner.testmap.repos)
+        return "commands apply to one pull request (pull) or one branch (ref)"
+    for command in params["commands"]:
+        try:
+            statuses.utc(command["created_at"]) if command.get("created_at") else None
+        except (TypeError, ValueError):
+            return "commands: created_at must be an ISO 8601 time such as 2024-05-01T10:00:00Z, not %r" % (
+                command["created_at"])
+    return None
 
 
 def main():
-    credentials = CREDENTIAL_OPTIONS + ("config",)
-    module = ScanModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             repo=dict(type="str"),
             pull=dict(type="int"),
             sha=dict(type="str"),
             ref=dict(type="str"),
             testmap=dict(type="path"),
-            config=dict(type="path"),
             commands=dict(type="list", elements="dict", default=[], options=dict(
                 command=dict(type="str", required=True, choices=["retest", "approve"]),
                 contexts=dict(type="list", elements="str", default=[]),
@@ -676,43 +356,47 @@ def main():
             fresh=dict(type="bool", default=False),
             rebuild=dict(type="bool", default=False),
         ),
-        mutually_exclusive=[credentials, ("pull", "sha"), ("pull", "ref")],
-        required_together=[APP_OPTIONS],
-        required_one_of=[credentials],
+        families=("amqp", "forge", "config"),
+        mutually_exclusive=[("pull", "sha"), ("pull", "ref")],
         required_by={"pull": "repo", "sha": "repo", "ref": "repo"},
         supports_check_mode=True,
     )
-    _check_params(module)
-    try:
-        testmap = load_testmap(module.testmap_path())
-    except TestMapError as exc:
-        module.fail_json(msg=str(exc))
-    client = module.client()
+    params, config = module.params, module.config
+    wrong = problem(params)
+    testmap = params["testmap"] or (config.testmap if config is not None else None)
+    if not wrong and not testmap:
+        wrong = "no test map: give the testmap option%s" % (
+            ", or a testmap key in %s" % config.path if config is not None else " or a config file")
+    if wrong:
+        module.fail_json(msg=wrong)
+    exchange = params["exchange"] or ((config.topology if config is not None else None) or {}).get(
+        "exchange", topology.DEFAULT_TOPOLOGY["exchange"])
+    with module.reporting():
+        testmap = load_testmap(testmap)
+        client = module.forge_client()
+        state = ScanState.load(module.forge_settings()["etag_cache_dir"])
     now = utc_now()
-    state = module.scan_state()
-    scanner = Scanner(module, testmap, client, now, state)
+    if state.problem:
+        module.warn("the scan state %s was not used (%s): every commit is read" % (state.path, state.problem))
+    publisher = module.publisher()
+    scanner = Scanner(testmap, client, publisher, exchange, now, state, check_mode=module.check_mode,
+                      fresh=params["fresh"], rebuild=params["rebuild"])
     failure = None
     try:
-        run(module, scanner)
-    except forge.ForgeError as exc:
-        failure = dict(msg=str(exc), http_status=exc.status)
-    except PublishFailed as exc:
-        failure = dict(msg=str(exc))
-    except JobError as exc:  # pragma: no cover - the test map and the checks above make valid jobs
-        failure = dict(msg="cannot build the test job: %s" % exc)
-    except amqp.AmqpError as exc:
-        failure = dict(msg=str(exc), error=exc.__class__.__name__)
+        scanner.scan(repo=params["repo"], pull=params["pull"], sha=params["sha"], ref=params["ref"],
+                     commands=params["commands"])
+    except DOMAIN_ERRORS + (PublishFailed,) as exc:
+        failure = exc
     finally:
-        scanner.close()
-        problem = state.save(now.timestamp())
-        if problem:
-            module.warn(problem)
-    result = scanner.result
-    result["requests"] = dict(client.stats)
-    if module._diff:
+        publisher.close()
+        saved = state.save(now.timestamp())
+    for warning in scanner.warnings + ([saved] if saved else []):
+        module.warn(warning)
+    result = dict(scanner.result, requests=dict(client.stats))
+    if module.diff:
         result["diff"] = scanner.diff
     if failure is not None:
-        module.fail_json(**dict(result, **failure))
+        module.fail(failure, **result)
     module.exit_json(**result)
 
 

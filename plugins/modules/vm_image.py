@@ -234,16 +234,17 @@ import os
 import time
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import build as vm_build
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
 TOOLS = ("qemu-img", "mke2fs", "ssh", "ssh-keygen")
 
 
 def main():
-    module = AnsibleModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             recipe=dict(type="dict"),
             recipe_file=dict(type="path"),

@@ -315,12 +315,10 @@ import os
 import pwd
 import time
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
-
+from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
-
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 
 
@@ -360,7 +358,7 @@ def _vm_alive(state):
 
 
 def main():
-    module = AnsibleModule(
+    module = AnsibleTestfleetModule(
         argument_spec=dict(
             name=dict(type="str", required=True),
             state=dict(type="str", choices=["started", "absent"], default="started"),
@@ -467,10 +465,8 @@ def main():
         module.fail_json(msg="the VM %s (%s: %s; %s backend) did not come up: %s"
                          % (params["name"], accel, reason, backend, exc), **result)
     state["boot_to_ssh_s"] = round(time.time() - state["started_at"], 2)
-    state_path = os.path.join(run_dir, vm_run.STATE_FILE)
-    with open(state_path + ".part", "w") as handle:
-        json.dump(state, handle, indent=1, sort_keys=True)
-    os.replace(state_path + ".part", state_path)
+    files.write_atomic(os.path.join(run_dir, vm_run.STATE_FILE), json.dumps(state, indent=1, sort_keys=True) + "\n",
+                       mode=0o644)
     result.update(_started_result(state, run_dir))
     result["owner_pid"] = owner
     module.exit_json(**result)

@@ -56,7 +56,6 @@ from ansible_collections.testfleet.infra.plugins.module_utils import statuses as
 
 WRITE_PERMISSIONS = ("admin", "maintain", "write")
 COMMANDS = ("retest", "approve")
-ACTION_KINDS = ("queue", "reap", "approval", "give_up")
 
 
 class Action(collections.namedtuple("Action", "kind context attempt reason spec deadline host")):

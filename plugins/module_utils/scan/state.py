@@ -215,8 +215,8 @@ class ScanState:
                     del merged[key]
             commits = dict((key, entry) for key, entry in sorted(merged.items())
                            if entry["read_at"] > now - MAX_AGE)
-            write_atomic(self.path, json.dumps({"version": FORMAT_VERSION, "commits": commits},
-                                               separators=(",", ":")), prefix=".tmp-scan-state-")
+            write_atomic(self.path, json.dumps({"version": FORMAT_VERSION, "commits": commits}, separators=(",", ":")),
+                         prefix=".tmp-scan-state-")
         except OSError as exc:
             return "cannot write the scan state %s: %s" % (self.path, exc.strerror or exc)
         finally:

@@ -1,12 +1,14 @@
 """The scan module, in-process, against the fake GitHub (tests/fake_github.py) and the real broker.
 
-Every test declares its own queues (unique names, through topology.ensure_queue) and deletes
-them afterwards; the messages the module published are read back from them.
+What the module adds to the Scanner (whose decisions are tested without a broker in
+tests/unit/plugins/module_utils/scan/test_scanner.py): its options and their checks, the config
+file, the confirmed publisher on the real broker, the scan state on disk, and how failures are
+reported. Every test declares its own queues (unique names, through topology.ensure_queue) and
+deletes them afterwards; the messages the module published are read back from them.
 """
 
 import datetime
 import json
-import time
 import uuid
 
 import pytest
@@ -104,16 +106,6 @@ def scan(run_module, github, broker, testmap, amqp_options, tmp_path):
     return run
 
 
-def described(github, sha, context):
-    """The newest status of ``context`` on ``sha``, parsed."""
-    posted = github.statuses(REPO, sha, context)
-    return statuses.parse(posted[-1]) if posted else None
-
-
-def iso(seconds_from_now):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds_from_now))
-
-
 def test_a_first_scan_queues_each_context_once_and_a_rescan_nothing(scan, github, broker):
     github.add_pull(REPO, 4, SHA, author="alice", author_association="NONE")
     result = scan(repo=REPO)
@@ -167,126 +159,6 @@ def test_the_queued_status_is_posted_before_the_job_is_published(scan, github, b
     assert result["queued"] == []
 
 
-def test_without_a_repo_every_repository_of_the_test_map_is_scanned(scan, github, broker):
-    github.add_pull(REPO, 4, SHA)
-    result = scan(check_mode=True)
-    assert [(p["repo"], p["pull"]) for p in result["plan"]] == [(REPO, 4)]
-    github.reset_records()
-    other = scan(repo="org/unknown")
-    assert "failed" not in other and other["changed"] is False
-    assert other["plan"] == []
-    assert github.requests == []
-
-
-def test_an_error_is_requeued_with_the_next_attempt(scan, github, broker):
-    github.add_pull(REPO, 4, SHA)
-    github.post_status(REPO, SHA, "error", "ctx/a", description=statuses.describe("error", 1, reason="clone failed"))
-    github.post_status(REPO, SHA, "success", "ctx/b", description=statuses.describe("success", 1, host="w/1"))
-    result = scan(repo=REPO, pull=4)
-    assert [(q["context"], q["attempt"]) for q in result["queued"]] == [("ctx/a", 2)]
-    assert [m[0] for m in broker.take(broker.public)] == [job_id(REPO, SHA, "ctx/a", 2)]
-    assert broker.take(broker.internal) == []
-    assert described(github, SHA, "ctx/a")[:2] == ("queued", 2)
-    assert result["plan"][0]["skipped"] == {"ctx/b": "finished: success (attempt 1)"}
-
-
-def test_the_last_error_is_given_up(scan, github, broker):
-    github.add_pull(REPO, 4, SHA)
-    github.post_status(REPO, SHA, "error", "ctx/a", description=statuses.describe("error", 3, reason="clone failed"))
-    github.post_status(REPO, SHA, "failure", "ctx/b", description=statuses.describe("failure", 1, reason="x"))
-    result = scan(repo=REPO, pull=4)
-    assert result["queued"] == []
-    assert [(g["context"], g["attempt"]) for g in result["gave_up"]] == [("ctx/a", 3)]
-    assert described(github, SHA, "ctx/a").reason == "gave up after 3 attempts: clone failed"
-    assert scan(repo=REPO, pull=4)["changed"] is False
-
-
-def test_a_queued_status_past_its_deadline_is_reaped_then_requeued(scan, github, broker):
-    github.add_pull(REPO, 4, SHA)
-    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
-    github.post_status(REPO, SHA, "pending", "ctx/a", description=statuses.describe("queued", 1, deadline=past))
-    github.post_status(REPO, SHA, "success", "ctx/b", description=statuses.describe("success", 1))
-    result = scan(repo=REPO, pull=4)
-    assert result["changed"] is True and result["queued"] == []
-    [reaped] = result["reaped"]
-    assert (reaped["context"], reaped["attempt"], reaped["pull"]) == ("ctx/a", 1, 4)
-    assert reaped["reason"].startswith("deadline passed (queued until ")
-    posted = github.statuses(REPO, SHA, "ctx/a")[-1]
-    assert posted["state"] == "error" and posted["description"].startswith("error · attempt 1 · deadline passed")
-    assert broker.take(broker.public) == []
-
-    following = scan(repo=REPO, pull=4)
-    assert [(q["context"], q["attempt"]) for q in following["queued"]] == [("ctx/a", 2)]
-    assert [m[0] for m in broker.take(broker.public)] == [job_id(REPO, SHA, "ctx/a", 2)]
-
-
-def test_an_untrusted_author_waits_for_approve_from_a_writer(scan, github, broker):
-    github.add_pull(REPO, 4, SHA, author="mallory", author_association="FIRST_TIME_CONTRIBUTOR")
-    first = scan(repo=REPO)
-    assert first["queued"] == []
-    assert sorted(a["context"] for a in first["approval"]) == ["ctx/a", "ctx/b"]
-    for context in ("ctx/a", "ctx/b"):
-        posted = github.statuses(REPO, SHA, context)
-        assert [(p["state"], p["description"]) for p in posted] == [
-            ("pending", "approval · a maintainer's /approve comment starts the tests")]
-    assert scan(repo=REPO)["changed"] is False      # not posted twice
-    assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
-
-    refused = scan(repo=REPO, pull=4, commands=[{"command": "approve", "user": "rita"}])
-    assert refused["changed"] is False and refused["queued"] == []
-    assert refused["refused"][0]["why"] == "@rita has read permission on org/proj; /approve needs write or above"
-
-    approved = scan(repo=REPO, pull=4, commands=[{"command": "approve", "user": "maint"}])
-    assert sorted((q["context"], q["attempt"]) for q in approved["queued"]) == [("ctx/a", 1), ("ctx/b", 1)]
-    assert len(broker.take(broker.public)) == 1 and len(broker.take(broker.internal)) == 1
-    # the commit stays approved for later scans without the command; a new push needs a new /approve
-    assert scan(repo=REPO)["changed"] is False
-    github.update_pull(REPO, 4, head_sha=SHA2)
-    moved = scan(repo=REPO)
-    assert sorted(a["context"] for a in moved["approval"]) == ["ctx/a", "ctx/b"]
-
-
-def test_an_org_member_is_trusted(scan, github, tmp_path, testmap, broker):
-    with open(testmap, "a") as handle:
-        handle.write("    allow: {orgs: [friends]}\n")
-    github.add_org_member("friends", "carol")
-    github.add_pull(REPO, 4, SHA, author="carol", author_association="CONTRIBUTOR")
-    result = scan(repo=REPO)
-    assert len(result["queued"]) == 2 and result["approval"] == []
-
-
-def test_retest_from_a_reader_is_refused_and_from_a_writer_runs_once(scan, github, broker):
-    github.add_pull(REPO, 4, SHA)
-    github.post_status(REPO, SHA, "failure", "ctx/a", description=statuses.describe("failure", 1, reason="x"))
-    github.post_status(REPO, SHA, "success", "ctx/b", description=statuses.describe("success", 1))
-    refused = scan(repo=REPO, pull=4, commands=[{"command": "retest", "user": "rita"}])
-    assert refused["changed"] is False
-    assert refused["refused"] == [{"command": "retest", "user": "rita", "contexts": [],
-                                   "why": "@rita has read permission on org/proj; /retest needs write or above"}]
-    assert broker.take(broker.public) == []
-
-    command = {"command": "retest", "user": "maint", "contexts": ["ctx/a", "ctx/m"], "created_at": iso(1)}
-    time.sleep(1.1)  # the command comes after the statuses above (GitHub's times have seconds)
-    result = scan(repo=REPO, pull=4, commands=[command])
-    assert sorted((q["context"], q["attempt"]) for q in result["queued"]) == [("ctx/a", 2), ("ctx/m", 1)]
-    assert sorted(m[0] for m in broker.take(broker.public)) == sorted(
-        [job_id(REPO, SHA, "ctx/a", 2), job_id(REPO, SHA, "ctx/m", 1)])
-    # the same comment delivered again: nothing more
-    assert scan(repo=REPO, pull=4, commands=[command])["changed"] is False
-    assert broker.take(broker.public) == []
-
-
-def test_an_operator_retest_needs_no_github_permission(scan, github, broker):
-    github.add_pull(REPO, 4, SHA)
-    github.post_status(REPO, SHA, "success", "ctx/a", description=statuses.describe("success", 1))
-    requests_before = len(github.requests)
-    result = scan(repo=REPO, pull=4, commands=[{"command": "retest", "user": "operator:root", "contexts": ["ctx/a"]}])
-    # ctx/b had no status: queued as any scan would
-    assert sorted((q["context"], q["attempt"]) for q in result["queued"]) == [("ctx/a", 2), ("ctx/b", 1)]
-    assert not any("/permission" in r["path"] for r in github.requests[requests_before:])
-    assert [m[0] for m in broker.take(broker.public)] == [job_id(REPO, SHA, "ctx/a", 2)]
-
-
 def test_check_mode_plans_without_posting_or_publishing(scan, github, broker):
     github.add_pull(REPO, 4, SHA)
     result = scan(check_mode=True, diff=True, repo=REPO)
@@ -299,28 +171,6 @@ def test_check_mode_plans_without_posting_or_publishing(scan, github, broker):
     key = "%s@%s ctx/a" % (REPO, SHA)
     assert result["diff"]["before"][key] is None
     assert result["diff"]["after"][key].startswith("queued · attempt 1 · deadline ")
-
-
-def test_branch_heads_and_drafts(scan, github, broker):
-    github.set_branch(REPO, "main", MAIN_SHA)
-    github.add_pull(REPO, 4, SHA, draft=True)
-    github.add_pull(REPO, 5, SHA2, labels=["no-test"])
-    result = scan(repo=REPO)
-    assert sorted((q["sha"], q["context"]) for q in result["queued"]) == [(MAIN_SHA, "ctx/a"), (MAIN_SHA, "ctx/b")]
-    [(message_id, job)] = broker.take(broker.public)
-    assert job["ref"] == "refs/heads/main" and "pull" not in job
-    inactive = dict((p["pull"], p["inactive"]) for p in result["plan"] if p["pull"])
-    assert inactive == {4: "the pull request is a draft", 5: "the pull request is labelled no-test"}
-
-
-def test_one_commit_by_sha_and_ref(scan, github, broker):
-    github.set_branch(REPO, "main", MAIN_SHA)
-    github.add_pull(REPO, 4, SHA)
-    by_sha = scan(repo=REPO, sha=SHA)
-    assert sorted((q["pull"], q["context"]) for q in by_sha["queued"]) == [(4, "ctx/a"), (4, "ctx/b")]
-    by_ref = scan(repo=REPO, ref="refs/heads/main", sha=MAIN_SHA, check_mode=True)
-    assert [p["ref"] for p in by_ref["plan"]] == ["refs/heads/main"]
-    assert github.statuses(REPO, MAIN_SHA) == []
 
 
 def test_settings_from_a_config_file(run_module, github, broker, testmap, amqp_options, tmp_path):
@@ -394,114 +244,9 @@ def test_a_bad_test_map_is_reported_with_its_key_path(scan, github, tmp_path):
     assert result["msg"] == "%s: repos.org/proj.branches.main[0].queu: unknown key (did you mean 'queue'?)" % bad
 
 
-# --- the scan state: cheap periodic rescans, reads where something may be due -------------------
-
 def status_reads(github):
     """The shas whose combined status was asked for, in order."""
     return [r["path"].split("/")[5] for r in github.requests if r["path"].endswith("/status")]
-
-
-def test_an_unchanged_rescan_reads_no_commit_and_costs_almost_nothing(scan, github, broker):
-    github.set_branch(REPO, "main", MAIN_SHA)
-    for number in range(1, 6):
-        github.add_pull(REPO, number, "%040x" % number)
-    first = scan(repo=REPO)
-    assert len(first["queued"]) == 12 and all(not p["cached"] for p in first["plan"])
-    assert len(broker.take(broker.public)) == 6 and len(broker.take(broker.internal)) == 6
-
-    github.reset_records()
-    again = scan(repo=REPO)
-    assert again["changed"] is False and again["queued"] == []
-    assert [p["cached"] for p in again["plan"]] == [True] * 6
-    assert again["plan"][0]["skipped"]["ctx/a"].startswith("queued (attempt 1) until ")
-    assert github.counted <= 5 and again["requests"]["counted"] == github.counted
-    assert status_reads(github) == []
-    assert all(r["method"] == "GET" for r in github.requests)
-    # the pulls list and the branch head are conditional requests: unchanged, they cost nothing
-    assert [(r["path"], r["status"]) for r in github.requests if not r["query"].get("page")] == [
-        ("/repos/org/proj/pulls", 304), ("/repos/org/proj/branches/main", 304)]
-    assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
-
-
-def test_a_workers_error_is_picked_up_by_the_scan_of_its_commit(scan, github, broker):
-    github.add_pull(REPO, 4, SHA)
-    scan(repo=REPO)
-    broker.take(broker.public), broker.take(broker.internal)
-    # a worker reports that ctx/a broke; GitHub sends a status event, whose scan names the sha
-    github.post_status(REPO, SHA, "error", "ctx/a", description=statuses.describe(
-        "error", 1, host="w/1", reason="the clone failed"))
-    github.reset_records()
-    periodic = scan(repo=REPO)      # the cache still says queued: the periodic rescan leaves it
-    assert periodic["queued"] == [] and status_reads(github) == []
-
-    event = scan(repo=REPO, sha=SHA)
-    assert [(q["context"], q["attempt"]) for q in event["queued"]] == [("ctx/a", 2)]
-    assert [m[0] for m in broker.take(broker.public)] == [job_id(REPO, SHA, "ctx/a", 2)]
-    assert described(github, SHA, "ctx/a")[:2] == ("queued", 2)
-    github.reset_records()
-    after = scan(repo=REPO)         # the event's scan refreshed the cache: settled again
-    assert after["changed"] is False and status_reads(github) == []
-
-
-def test_when_a_cached_deadline_passes_the_commit_is_read_and_reaped(scan, github, broker, monkeypatch):
-    from ansible_collections.testfleet.infra.plugins.modules import scan as scan_module
-    github.add_pull(REPO, 4, SHA)
-    github.add_pull(REPO, 5, SHA2)
-    for context in ("ctx/a", "ctx/b"):
-        github.post_status(REPO, SHA2, "success", context, description=statuses.describe("success", 1))
-    first = scan(repo=REPO)
-    assert sorted((q["pull"], q["context"]) for q in first["queued"]) == [(4, "ctx/a"), (4, "ctx/b")]
-    broker.take(broker.public), broker.take(broker.internal)
-
-    # two hours later (queued_timeout is one): no worker took the jobs, no event came
-    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
-    monkeypatch.setattr(scan_module, "utc_now", lambda: later)
-    github.reset_records()
-    result = scan(repo=REPO)
-    assert status_reads(github) == [SHA]               # PR 5 is finished: not read
-    assert sorted((r["pull"], r["context"]) for r in result["reaped"]) == [(4, "ctx/a"), (4, "ctx/b")]
-    assert described(github, SHA, "ctx/a").reason.startswith("deadline passed (queued until ")
-    # the reap is in the cache: the next rescan reads the commit and re-queues it
-    following = scan(repo=REPO)
-    assert sorted((q["context"], q["attempt"]) for q in following["queued"]) == [("ctx/a", 2), ("ctx/b", 2)]
-
-
-def test_a_pull_request_whose_head_moved_is_read(scan, github, broker):
-    github.add_pull(REPO, 4, SHA)
-    github.add_pull(REPO, 5, "5" * 40)
-    scan(repo=REPO)
-    github.update_pull(REPO, 4, head_sha=SHA2)
-    github.reset_records()
-    result = scan(repo=REPO)
-    assert status_reads(github) == [SHA2]
-    assert sorted((q["sha"], q["context"]) for q in result["queued"]) == [(SHA2, "ctx/a"), (SHA2, "ctx/b")]
-    assert [m[0] for m in broker.take(broker.public)] == [
-        job_id(REPO, SHA, "ctx/a", 1), job_id(REPO, "5" * 40, "ctx/a", 1), job_id(REPO, SHA2, "ctx/a", 1)]
-
-
-def test_fresh_reads_every_commit(scan, github, broker):
-    github.add_pull(REPO, 4, SHA)
-    github.add_pull(REPO, 5, SHA2)
-    scan(repo=REPO)
-    github.reset_records()
-    result = scan(repo=REPO, fresh=True)
-    assert status_reads(github) == [SHA, SHA2]
-    assert result["changed"] is False and [p["cached"] for p in result["plan"]] == [False, False]
-
-
-def test_a_corrupt_scan_state_is_ignored(scan, github, broker, tmp_path):
-    github.add_pull(REPO, 4, SHA)
-    scan(repo=REPO)
-    state_file = tmp_path / "etags" / "scan-state.json"
-    assert json.loads(state_file.read_text())["version"] == 1
-    state_file.write_text('{"version": 1, "commits": {')
-    github.reset_records()
-    result = scan(repo=REPO)
-    assert "failed" not in result and result["changed"] is False
-    assert status_reads(github) == [SHA]               # no cache: read, and nothing to do
-    github.reset_records()
-    scan(repo=REPO)                                    # written anew
-    assert status_reads(github) == []
 
 
 def test_rebuild_publishes_queued_jobs_again_with_the_same_id_and_posts_nothing(scan, github, broker):

@@ -4,7 +4,6 @@ import pytest
 
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
 
-from ansible_collections.testfleet.infra.plugins.module_utils.scan import plan as scan_plan
 
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses
 from ansible_collections.testfleet.infra.plugins.module_utils.scan.plan import (
@@ -406,8 +405,7 @@ def test_job_ids_need_a_positive_attempt(attempt):
         job_id("a/b", SHA, "c", attempt)
 
 
-def test_the_action_vocabulary():
-    assert scan_plan.ACTION_KINDS == ("queue", "reap", "approval", "give_up")
+def test_an_action_has_no_deadline_or_host_unless_given():
     action = Action("approval", "c", 0, "why", None)
     assert action.deadline is None and action.host is None
 
