@@ -75,7 +75,8 @@ OUTCOME_MEANINGS = {
     ERROR: "an infrastructure error or a timeout",
     SUPERSEDED: "the pull request moved on: the run was stopped",
 }
-assert set(OUTCOME_MEANINGS) == set(OUTCOMES)
+if set(OUTCOME_MEANINGS) != set(OUTCOMES):  # pragma: no cover - a word added in statuses.py needs its meaning here
+    raise AssertionError("job_run.OUTCOME_MEANINGS must describe statuses.OUTCOMES")
 
 # why a worker cancels a job's playbook (the third reason is the outcome word SUPERSEDED)
 TIMEOUT = "timeout"
@@ -428,8 +429,8 @@ class PlayLog:
                    "host": self.host, "start": utc_now_iso(self.started)}
         if self.first_task is not None:
             verdict["first_task"] = utc_now_iso(self.first_task)
-        self.append("\n%s outcome: %s%s (%.1f s)\n" % (time.strftime("%H:%M:%S", time.gmtime()), outcome,
-                                                      ": " + reason if reason else "", time.time() - self.started))
+        self.append("\n%s outcome: %s%s (%.1f s)\n" % (
+            time.strftime("%H:%M:%S", time.gmtime()), outcome, ": " + reason if reason else "", time.time() - self.started))
         if self.worker_pid:
             if self.shipper is not None:
                 self.shipper.close(self.final_flush_timeout)

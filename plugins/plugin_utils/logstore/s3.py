@@ -31,7 +31,6 @@ def _boto():
     return _BOTO
 
 
-
 class S3Store:
     """An S3 bucket (any S3-compatible server): ``s3://<bucket>/<prefix>/<job-id>/<name>``."""
 

@@ -88,8 +88,6 @@ class LocalStore:
         return os.path.join(self.root, check_job_id(job_id), name)
 
 
-
-
 def open_store(url=None, endpoint_url=None, public_url=None, region=None, **kwargs):
     """The store a ``log_store`` config section describes (``url`` default :data:`DEFAULT_URL`).
 
@@ -109,5 +107,3 @@ def open_store(url=None, endpoint_url=None, public_url=None, region=None, **kwar
     if parts.scheme == "" and url:
         return LocalStore(os.path.expanduser(url), public_url=public_url)
     raise LogStoreError("log store %s: the URL must start with file:// or s3://" % url)
-
-
