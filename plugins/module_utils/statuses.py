@@ -46,18 +46,28 @@ MAX_HOST = 60
 SEPARATOR = " \u00b7 "   # " · "
 ELLIPSIS = "\u2026"      # "…"
 
-KINDS = ("queued", "running", "success", "failure", "error", "superseded", "approval")
+# The outcome words of a job (``outcome`` in its ``result.json``) are status kinds too. They are
+# defined here, once: modules (github_status) know them, and modules import only module_utils.
+# plugin_utils/job_run.py (the job-run contract) takes them from here.
+RUNNING = "running"         # the only outcome that is not final
+SUCCESS = "success"
+FAILURE = "failure"
+ERROR = "error"             # infrastructure (retried when the result says "retry": true) or a timeout
+SUPERSEDED = "superseded"
+OUTCOMES = (RUNNING, SUCCESS, FAILURE, ERROR, SUPERSEDED)
+
+KINDS = ("queued", RUNNING, SUCCESS, FAILURE, ERROR, SUPERSEDED, "approval")
 GITHUB_STATES = {
     "queued": "pending",
-    "running": "pending",
-    "success": "success",
-    "failure": "failure",
-    "error": "error",
-    "superseded": "error",
+    RUNNING: "pending",
+    SUCCESS: "success",
+    FAILURE: "failure",
+    ERROR: "error",
+    SUPERSEDED: "error",
     "approval": "pending",
 }
-PENDING = ("queued", "running")     # carry a deadline
-FINISHED = ("success", "failure", "superseded")
+PENDING = ("queued", RUNNING)       # carry a deadline
+FINISHED = (SUCCESS, FAILURE, SUPERSEDED)   # final whatever the result's "retry" says
 APPROVAL_TEXT = "a maintainer's /approve comment starts the tests"
 # The reason the scanner writes when it stops re-queuing a context that keeps erroring.
 GAVE_UP = "gave up after %d attempts"
@@ -80,7 +90,7 @@ class Parsed(collections.namedtuple("Parsed", "kind attempt host reason deadline
     @property
     def gave_up(self):
         """Whether this is an error the scanner has stopped re-queuing."""
-        return self.kind == "error" and (self.reason or "").startswith("gave up after ")
+        return self.kind == ERROR and (self.reason or "").startswith("gave up after ")
 
 
 def github_state(kind):

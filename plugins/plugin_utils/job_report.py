@@ -30,11 +30,9 @@ import datetime
 import logging
 
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses
+from ansible_collections.testfleet.infra.plugins.plugin_utils import job_run
 
 LOG = logging.getLogger("testfleet.worker")
-
-# outcome in result.json -> status kind
-OUTCOME_KINDS = {"success": "success", "failure": "failure", "error": "error", "superseded": "superseded"}
 
 
 def github_report(job):
@@ -90,15 +88,15 @@ class GitHubReporter:
         read = self._current(job)
         if redelivered:
             parsed = statuses.parse(read[2])
-            if parsed is not None and parsed.kind == "running" and parsed.attempt == read[1]:
+            if parsed is not None and parsed.kind == statuses.RUNNING and parsed.attempt == read[1]:
                 return False
         deadline = _deadline(self._now(), timeout + self.deadline_margin)
-        return self._post(job, "running", target_url=log_url, deadline=deadline, read=read)
+        return self._post(job, statuses.RUNNING, target_url=log_url, deadline=deadline, read=read)
 
     def finished(self, job, result):
         """Post the outcome of a stored result."""
-        kind = OUTCOME_KINDS.get(result.get("outcome"), "error")
-        reason = result.get("reason") if kind != "success" else None
+        kind = job_run.status_kind(result)
+        reason = result.get("reason") if kind != statuses.SUCCESS else None
         return self._post(job, kind, target_url=result.get("log_url"), reason=reason)
 
     def stale(self, job, redelivered):
@@ -115,8 +113,8 @@ class GitHubReporter:
             return None
         if current.attempt > attempt:
             return "%s has attempt %d (%s); this is attempt %d" % (context, current.attempt, current.kind, attempt)
-        if current.attempt == attempt and (current.kind in statuses.FINISHED or current.kind == "error"
-                                           or (current.kind == "running" and not redelivered)):
+        if current.attempt == attempt and (current.kind in statuses.FINISHED or current.kind == statuses.ERROR
+                                           or (current.kind == statuses.RUNNING and not redelivered)):
             return "attempt %d of %s is already %s" % (attempt, context, current.kind)
         return None
 

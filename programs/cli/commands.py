@@ -56,7 +56,7 @@ import uuid
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
-from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore import store as logstore
+from ansible_collections.testfleet.infra.plugins.plugin_utils import logstore
 from ansible_collections.testfleet.infra.plugins.module_utils import topology as topology_lib
 
 pika = amqp.pika

@@ -14,7 +14,7 @@ What it does, in order, for each delivery (prefetch 1):
    delivery, or a kind without a ``playbooks/jobs/<kind>.yml``, is published to the
    dead-letter exchange with the header ``x-testfleet-reason`` (publisher confirm first) and
    then acked: never retried, never lost;
-2. runs the job (``worker_job.JobRun``) in a thread while the main thread keeps the connection
+2. runs the job (``job.JobRun``) in a thread while the main thread keeps the connection
    serviced, so heartbeats flow however long the job runs;
 3. acks only after the playbook finished and its log folder and ``result.json`` are stored (or
    storing them finally failed: a broken store never fails a job; the worker log and the metric
@@ -62,10 +62,11 @@ from ansible_collections.testfleet.infra.plugins.module_utils import config as c
 from ansible_collections.testfleet.infra.plugins.plugin_utils import events
 from ansible_collections.testfleet.infra.plugins.module_utils.forge import client as forge
 from ansible_collections.testfleet.infra.plugins.plugin_utils import job_report
+from ansible_collections.testfleet.infra.plugins.plugin_utils import job_run
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
-from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore import store as logstore
+from ansible_collections.testfleet.infra.plugins.plugin_utils import logstore
 from ansible_collections.testfleet.infra.plugins.module_utils import topology as topology_lib
-from ansible_collections.testfleet.infra.programs.worker.job import JobRun, JobSettings, playbook_for
+from ansible_collections.testfleet.infra.programs.worker.job import DUPLICATE, STALE, JobRun, JobSettings
 from ansible_collections.testfleet.infra.programs.worker.metrics import Metrics
 
 pika = amqp.pika
@@ -106,6 +107,19 @@ def github_reporter(cfg, host_label):
     return job_report.GitHubReporter(client, host_label, check_interval=cfg.worker.get("pull_check_interval") or 30.0)
 
 
+class CurrentJob:
+    """The job a worker slot runs, and the delivery it came in."""
+
+    __slots__ = ("run", "channel", "delivery_tag", "kind", "queue")
+
+    def __init__(self, run, channel, delivery_tag, kind, queue):
+        self.run = run                      # job.JobRun
+        self.channel = channel              # the channel of the delivery (acked or rejected on it)
+        self.delivery_tag = delivery_tag
+        self.kind = kind
+        self.queue = queue                  # where it came from
+
+
 class Worker:
     """One worker slot: the consumer loop. ``run()`` returns the exit code."""
 
@@ -139,7 +153,7 @@ class Worker:
         self.publisher = None
         self.consumer_tags = {}      # queue -> consumer tag
         self.deliveries = collections.deque()
-        self.current = None          # (JobRun, channel, delivery tag, kind, queue)
+        self.current = None          # CurrentJob while a job runs
         self.stopping = False
         self.stop_signals = 0
         self.drain_deadline = None
@@ -213,8 +227,8 @@ class Worker:
 
     def _kept_queue(self):
         """The single-active-consumer queue of the running job, which stays subscribed."""
-        if self.current is not None and self.current[4] in self.single_active:
-            return self.current[4]
+        if self.current is not None and self.current.queue in self.single_active:
+            return self.current.queue
         return None
 
     def _queue_of(self, method):
@@ -255,7 +269,7 @@ class Worker:
         queue = self._queue_of(method)
         try:
             job, why = events.job_for_message(body)
-            if job is not None and playbook_for(job["kind"]) is None:
+            if job is not None and job_run.playbook_for(job["kind"]) is None:
                 raise jobs.JobError("kind", "names no job playbook: this collection has no playbooks/jobs/%s.yml" % job["kind"])
         except (jobs.JobError, events.InvalidDelivery) as exc:
             self._dead_letter(channel, method, properties, body, str(exc))
@@ -270,7 +284,7 @@ class Worker:
         headers = properties.headers or {}
         delivery_count = int(headers.get("x-delivery-count") or 0) + 1
         run = JobRun(job, self.job_settings, delivery=delivery_count, redelivered=bool(method.redelivered), wake=self._wake)
-        self.current = (run, channel, method.delivery_tag, job["kind"], queue)
+        self.current = CurrentJob(run, channel, method.delivery_tag, job["kind"], queue)
         if len(self.queues) > 1:
             self._pause(keep=self._kept_queue())
         LOG.info("job %s (%s) from %s: started (delivery %d)", job["id"], job["kind"], queue, delivery_count)
@@ -278,8 +292,8 @@ class Worker:
         run.start()
 
     def _finish(self):
-        run, channel, tag, kind, queue = self.current
-        self.current = None
+        current, self.current = self.current, None
+        run, channel, queue = current.run, current.channel, current.queue
         job_id = run.job["id"]
         action = run.action or "requeue"
         if self.stopping and queue in self.consumer_tags and channel is self.channel and channel.is_open:
@@ -288,30 +302,30 @@ class Worker:
             LOG.warning("job %s: its delivery was lost with the broker connection; the broker redelivers it (%s)",
                         job_id, "its result is stored, so the copy is not run again" if run.stored and action == "ack" else "it runs again")
         elif action == "ack":
-            channel.basic_ack(tag)
+            channel.basic_ack(current.delivery_tag)
         else:
-            channel.basic_nack(tag, requeue=True)
+            channel.basic_nack(current.delivery_tag, requeue=True)
         if run.stored is False:
             self.metrics.upload_failures += 1
         outcome = run.outcome if action == "ack" else "requeued"
         LOG.info("job %s: %s%s, %s", job_id, outcome if outcome != "requeued" else "requeued",
                  (" (%s)" % run.result.get("reason")) if run.result and run.result.get("reason") else "",
                  "acked" if action == "ack" else "rejected with requeue")
-        self.metrics.job_finished(kind, outcome, run.duration if outcome not in ("duplicate", "stale") else None)
+        self.metrics.job_finished(current.kind, outcome, run.duration if outcome not in (DUPLICATE, STALE) else None)
 
     # --- the loop -----------------------------------------------------------------------------
     def _supervise(self):
         """Apply the job's timeout and the stop requests to the running job; return it."""
-        run = self.current[0]
+        run = self.current.run
         run.check_timeout()
         if run.cancel_reason is None:
             if self.stop_signals > 1:
                 LOG.warning("job %s: second stop signal: cancelling and requeueing it", run.job["id"])
-                run.cancel("stop")
+                run.cancel(job_run.STOP)
             elif self.drain_deadline is not None and time.monotonic() > self.drain_deadline:
                 LOG.warning("job %s: still running %d s after the stop signal: cancelling and requeueing it",
                             run.job["id"], self.drain_timeout)
-                run.cancel("stop")
+                run.cancel(job_run.STOP)
         return run
 
     def _step(self):
@@ -380,8 +394,8 @@ class Worker:
             return EXIT_FATAL
         finally:
             if self.current is not None:  # only on a fatal error: give the job back
-                self.current[0].cancel("stop")
-                self.current[0].join(30)
+                self.current.run.cancel(job_run.STOP)
+                self.current.run.join(30)
             if self.connection is not None and self.connection.is_open:
                 try:
                     self.connection.close()

@@ -12,9 +12,12 @@ at the queue's delivery limit, dead-letters it).
 
 The job's playbook is ``playbooks/jobs/<kind>.yml`` of the collection this code is part of; it
 runs in a private data dir ``<work_dir>/slot-<n>/<job-id>.<random>/`` that is removed after the
-job, with the job as extra vars and the callback ``testfleet.infra.job_log`` writing the log
-folder to a spool in the private data dir. After the playbook, the whole folder is stored
-again from the spool (the callback could have been killed), ``result.json`` last.
+job, with the extra vars and callback options of the job-run contract
+(``plugin_utils/job_run.py``) and the callback ``testfleet.infra.job_log`` writing the log
+folder to a spool in the private data dir. After the playbook, ``job_run.finish`` decides the
+outcome from the play's verdict and what the worker knows (timeout, stop, superseded) and stores
+the whole folder again from the spool (the callback could have been killed), ``result.json``
+last.
 
 A test job that the scanner queued (``report.github``) is reported to GitHub through
 ``job_report.GitHubReporter``: skipped when its context shows that a newer attempt replaced it
@@ -43,30 +46,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     HAS_RUNNER = False
     RUNNER_IMPORT_ERROR = exc
 
+from ansible_collections.testfleet.infra.plugins.callback import job_log
 from ansible_collections.testfleet.infra.plugins.plugin_utils import job_report
-from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore import store as logstore
+from ansible_collections.testfleet.infra.plugins.plugin_utils import job_run
+from ansible_collections.testfleet.infra.plugins.plugin_utils import logstore
 
 LOG = logging.getLogger("testfleet.worker")
 
-COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# the directory holding ansible_collections/testfleet/infra (-> COLLECTION_ROOT)
-COLLECTIONS_PATH = os.path.dirname(os.path.dirname(os.path.dirname(COLLECTION_ROOT)))
-PLAYBOOK_DIR = os.path.join(COLLECTION_ROOT, "playbooks", "jobs")
-CALLBACK = "testfleet.infra.job_log"
-TERMINAL = ("success", "failure", "superseded")
-
-
-def playbook_for(kind):
-    """The playbook of a job kind, or None when this collection has none."""
-    path = os.path.join(PLAYBOOK_DIR, "%s.yml" % kind)
-    return path if os.path.isfile(path) else None
-
-
-def is_done(result):
-    """Whether a stored result is final (the job need not run again)."""
-    if not isinstance(result, dict):
-        return False
-    return result.get("outcome") in TERMINAL or (result.get("outcome") == "error" and not result.get("retry"))
+# what a job's delivery ends in besides a result's outcome (metrics labels)
+DUPLICATE = "duplicate"     # redelivered, and its final result is already stored
+STALE = "stale"             # its GitHub context shows that another attempt owns it
+RUNNER_ERROR = "error"      # ansible-runner's status when it could not run the playbook at all
 
 
 class JobSettings:
@@ -146,7 +136,7 @@ class JobRun:
         began = self.runner_started
         if began is not None and self.cancel_reason is None and self.clock() - began > self.timeout:
             LOG.warning("job %s: timed out after %d s, stopping its playbook", self.job["id"], self.timeout)
-            self.cancel("timeout")
+            self.cancel(job_run.TIMEOUT)
 
     def join(self, timeout=None):
         if self._thread is not None:
@@ -162,7 +152,7 @@ class JobRun:
             self._run()
         except Exception as exc:  # never leave the main thread waiting
             LOG.exception("job %s: unexpected error", self.job["id"])
-            self._settle("requeue", "error", None)
+            self._settle("requeue", job_run.ERROR, None)
             self.store_error = str(exc)
         finally:
             self._cleanup()
@@ -185,9 +175,9 @@ class JobRun:
             except (logstore.LogStoreError, ValueError) as exc:
                 previous = None
                 LOG.warning("job %s: cannot read its stored result (%s): running it", job_id, exc)
-            if is_done(previous):
+            if job_run.is_final(previous):
                 LOG.info("job %s: redelivered, but its result (%s) is stored: not running it again", job_id, previous["outcome"])
-                self._settle(self._report_finished(previous, "ack"), "duplicate", previous)
+                self._settle(self._report_finished(previous, "ack"), DUPLICATE, previous)
                 return
         if self.github is not None:
             try:
@@ -197,7 +187,7 @@ class JobRun:
                 LOG.warning("job %s: cannot read its GitHub status (%s): running it", job_id, exc)
             if stale:
                 LOG.info("job %s: not running it: %s", job_id, stale)
-                self._settle("ack", "stale", {"outcome": "stale", "reason": stale})
+                self._settle("ack", STALE, {"outcome": STALE, "reason": stale})
                 return
         elif job_report.github_report(self.job) is not None:
             LOG.warning("job %s: asks for GitHub statuses, but this worker's config has no forge section", job_id)
@@ -210,21 +200,11 @@ class JobRun:
         except OSError as exc:
             LOG.error("job %s: cannot prepare its private data dir in %s: %s", job_id, self.settings.slot_dir, exc)
             self._infra_pause()
-            self._settle("requeue", "error", None)
+            self._settle("requeue", job_run.ERROR, None)
             return
         runner_status, rc, runner_error = self._run_playbook(spool_dir)
         spool = logstore.JobSpool(spool_dir, job_id)
-        local = spool.read_result()
-        result, action, note = self._decide(local, runner_status, rc, runner_error, start)
-        if note:
-            spool.append("\n[testfleet-worker %s: %s]\n" % (self.settings.host_label, note))
-        if local is None and self.cancel_reason is None:
-            self._append_runner_output(spool)
-        redactor = logstore.Redactor(logstore.job_secrets(self.job))
-        result = redactor.data(result)
-        spool.write(logstore.RESULT, logstore.result_bytes(result))
-        ok, error = logstore.upload_folder(store, spool, result, deadline=self.settings.upload_timeout, redactor=redactor,
-                                           on_error=lambda message: LOG.warning("job %s: log store: %s", job_id, message))
+        result, action, ok, error = self._finish(spool, runner_status, rc, runner_error, start)
         self.stored, self.store_error = ok, error
         if not ok:
             LOG.error("job %s: its log folder could not be stored (%s); it is kept in %s", job_id, error, self._keep_unsent(spool))
@@ -233,6 +213,22 @@ class JobRun:
         if action == "ack":
             action = self._report_finished(result, action)
         self._settle(action, result["outcome"], result)
+
+    def _finish(self, spool, runner_status, rc, runner_error, start):
+        """Write the final result and store the folder (``job_run.finish``); return
+        ``(result, action, stored, store error)``."""
+        verdict = job_run.read_verdict(spool)
+        appendix = self._runner_output() if verdict is None and self.cancel_reason is None else None
+        settings = self.settings
+        worker = {"host": settings.host, "slot": settings.slot, "delivery": self.delivery,
+                  "runner_status": runner_status, "rc": rc}
+        result, ok, error = job_run.finish(
+            self.job, spool, settings.store, settings.host_label, start, verdict=verdict, worker=worker,
+            note_label="testfleet-worker %s" % settings.host_label, appendix=appendix, deadline=settings.upload_timeout,
+            on_error=lambda message: LOG.warning("job %s: log store: %s", self.job["id"], message),
+            cancel=self.cancel_reason, timeout=self.timeout, superseded_reason=self.superseded_reason,
+            runner_error=runner_error)
+        return result, "requeue" if result["retry"] else "ack", ok, error
 
     def _report_finished(self, result, action):
         """Post the job's outcome; a failed post turns ``ack`` into ``requeue`` (never a lost status)."""
@@ -268,55 +264,45 @@ class JobRun:
             if reason:
                 LOG.info("job %s: superseded (%s): stopping its playbook", self.job["id"], reason)
                 self.superseded_reason = reason
-                self.cancel("superseded")
+                self.cancel(job_run.SUPERSEDED)
                 return
 
     def _infra_pause(self):
         """Wait a little before an infrastructure error is requeued (no hot retry loop)."""
-        if self.cancel_reason not in ("stop", "superseded") and self.settings.retry_delay > 0:
+        if self.cancel_reason not in (job_run.STOP, job_run.SUPERSEDED) and self.settings.retry_delay > 0:
             self._stop_wait.wait(self.settings.retry_delay)
 
     def _run_playbook(self, spool_dir):
         """Run the playbook; return (runner status, rc, error text or None)."""
         job_id = self.job["id"]
         if not HAS_RUNNER:
-            return "error", None, "the Python library ansible-runner is not installed"
-        playbook = playbook_for(self.job["kind"])
+            return RUNNER_ERROR, None, "the Python library ansible-runner is not installed"
+        playbook = job_run.playbook_for(self.job["kind"])
         if playbook is None:
-            return "error", None, "no playbook for the job kind %r in %s" % (self.job["kind"], PLAYBOOK_DIR)
+            return RUNNER_ERROR, None, "no playbook for the job kind %r in %s" % (self.job["kind"], job_run.PLAYBOOK_DIR)
         settings = self.settings
         store = settings.store_settings
         bindir = os.path.dirname(sys.executable)
-        collections = [COLLECTIONS_PATH] + [p for p in os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if p]
+        collections = [job_run.COLLECTIONS_PATH] + [p for p in os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if p]
         envvars = {
             "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")]),
-            "ANSIBLE_CALLBACKS_ENABLED": CALLBACK,
+            "ANSIBLE_CALLBACKS_ENABLED": job_log.CallbackModule.CALLBACK_NAME,
             "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(collections),
             "ANSIBLE_LOCAL_TEMP": os.path.join(self.private_dir, "tmp"),
             "ANSIBLE_NOCOLOR": "1",
-            "TESTFLEET_WORKER_PID": str(os.getpid()),
-            "TESTFLEET_SPOOL_DIR": spool_dir,
-            "TESTFLEET_HOST": settings.host_label,
-            "TESTFLEET_LOG_STORE": store.get("url") or logstore.DEFAULT_URL,
-            "TESTFLEET_LOG_FLUSH_INTERVAL": str(settings.flush_interval),
-            "TESTFLEET_LOG_FLUSH_BYTES": str(settings.flush_bytes),
         }
-        for key, name in (("endpoint_url", "TESTFLEET_LOG_STORE_ENDPOINT_URL"), ("public_url", "TESTFLEET_LOG_STORE_PUBLIC_URL"),
-                          ("region", "AWS_DEFAULT_REGION")):
-            if store.get(key):
-                envvars[name] = str(store[key])
+        # the callback's options (job_run.option_env: the names are those of its DOCUMENTATION)
+        envvars.update(job_run.option_env(job_log.DOCUMENTATION, {
+            "worker_pid": os.getpid(), "spool_dir": spool_dir, "host_name": settings.host_label,
+            "log_store": store.get("url") or logstore.DEFAULT_URL, "flush_interval": settings.flush_interval,
+            "flush_bytes": settings.flush_bytes, "endpoint_url": store.get("endpoint_url") or None,
+            "public_url": store.get("public_url") or None}))
+        if store.get("region"):
+            envvars["AWS_DEFAULT_REGION"] = str(store["region"])
         work = os.path.join(self.private_dir, "work")
         os.makedirs(work, mode=0o700)
-        extravars = dict(self.job)
-        extravars.update({
-            "testfleet_worker": {"host": settings.host, "slot": settings.slot, "delivery": self.delivery},
-            "testfleet_host": settings.host_label,
-            "testfleet_work_dir": work,
-        })
-        if settings.clone_url:
-            extravars["testfleet_clone_url_template"] = settings.clone_url
-        if settings.config_path:
-            extravars["testfleet_config"] = settings.config_path
+        extravars = job_run.extra_vars(self.job, settings.host, settings.slot, self.delivery, work,
+                                       clone_url=settings.clone_url, config_path=settings.config_path)
         self._report_running()
         if self.github is not None and self.job.get("pull"):
             threading.Thread(target=self._watch_pull, name="testfleet-watch-%s" % job_id, daemon=True).start()
@@ -337,53 +323,21 @@ class JobRun:
             )
         except Exception as exc:
             LOG.error("job %s: ansible-runner could not run the playbook: %s: %s", job_id, type(exc).__name__, exc)
-            return "error", None, "ansible-runner could not run the playbook: %s: %s" % (type(exc).__name__, exc)
+            return RUNNER_ERROR, None, "ansible-runner could not run the playbook: %s: %s" % (type(exc).__name__, exc)
         return runner.status, runner.rc, None
 
-    def _decide(self, local, runner_status, rc, runner_error, start):
-        """The final result, what to do with the delivery, and a note for the log."""
-        end = time.time()
-        result = dict(local) if isinstance(local, dict) else {
-            "job": logstore.public_job(self.job), "host": self.settings.host_label, "start": logstore.utc_now_iso(start)}
-        result.pop("stored_log_bytes", None)
-        began = logstore.parse_iso(result["start"]) if result.get("start") else start
-        result.update({"end": logstore.utc_now_iso(end), "duration": round(end - began, 3)})
-        result["worker"] = {"host": self.settings.host, "slot": self.settings.slot, "delivery": self.delivery,
-                            "runner_status": runner_status, "rc": rc}
-        result.setdefault("log_url", self.settings.store.location(self.job["id"], logstore.VIEWER))
-        outcome = local.get("outcome") if isinstance(local, dict) else None
-        if self.cancel_reason == "timeout":
-            reason = "timed out after %d s" % self.timeout
-            result.update(outcome="error", reason=reason, retry=False)
-            return result, "ack", reason
-        if self.cancel_reason == "superseded":
-            result.update(outcome="superseded", reason=self.superseded_reason, retry=False)
-            return result, "ack", "superseded: %s" % self.superseded_reason
-        if self.cancel_reason == "stop":
-            reason = "the worker was stopped during the job; the job was requeued"
-            result.update(outcome="error", reason=reason, retry=True)
-            return result, "requeue", reason
-        if outcome in TERMINAL:
-            return result, "ack", None
-        if outcome == "error":
-            result["retry"] = True
-            return result, "requeue", "infrastructure error, the job is requeued: %s" % result.get("reason")
-        reason = runner_error or "the playbook ended without an outcome (ansible-runner status %s, rc %s)" % (runner_status, rc)
-        result.update(outcome="error", reason=reason, retry=True)
-        return result, "requeue", reason + "; the job is requeued"
-
-    def _append_runner_output(self, spool):
-        """Put the end of ansible-playbook's own output in the log when the callback gave no outcome."""
+    def _runner_output(self):
+        """The end of ansible-playbook's own output, for the log when the play gave no outcome."""
         path = os.path.join(self.private_dir or "", "artifacts", "run", "stdout")
         try:
             with open(path, "rb") as handle:
                 handle.seek(max(0, os.path.getsize(path) - 8192))
                 tail = handle.read().decode("utf-8", "replace")
         except OSError:
-            return
-        if tail.strip():
-            redactor = logstore.Redactor(logstore.job_secrets(self.job))
-            spool.append("[the end of ansible-playbook's output]\n%s\n" % redactor.text(tail.rstrip()))
+            return None
+        if not tail.strip():
+            return None
+        return "[the end of ansible-playbook's output]\n%s\n" % tail.rstrip()
 
     def _keep_unsent(self, spool):
         target = os.path.join(self.settings.unsent_dir, "%s.%d" % (self.job["id"], int(time.time())))

@@ -20,7 +20,8 @@ import pytest
 
 from worker_helpers import free_port
 
-from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore import store as logstore
+from ansible_collections.testfleet.infra.plugins.plugin_utils import job_run
+from ansible_collections.testfleet.infra.plugins.plugin_utils import logstore
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -151,7 +152,7 @@ async def _open_page(port, url):
 
 def write_result(folder, **fields):
     result = {"job": {"id": "job-1", "kind": "test", "repo": "acme/project", "sha": "a" * 40, "context": "debian-12/default"},
-              "host": "worker-1/0", "start": logstore.utc_now_iso(), "outcome": "running", "reason": None, "retry": False}
+              "host": "worker-1/0", "start": job_run.utc_now_iso(), "outcome": "running", "reason": None, "retry": False}
     result.update(fields)
     (folder / "result.json.tmp").write_text(json.dumps(result))
     os.replace(folder / "result.json.tmp", folder / "result.json")
@@ -162,7 +163,7 @@ def test_log_html_follows_the_log_and_shows_the_outcome(log_server, chromium):
     root, base, requests = log_server
     folder = root / "job-1"
     folder.mkdir()
-    (folder / "log.html").write_text(logstore.VIEWER_HTML)
+    (folder / "log.html").write_text(logstore.viewer_html())
     (folder / "log").write_text("first line\n<script>window.injected = true</script>\n")
     write_result(folder)
 
@@ -181,7 +182,7 @@ def test_log_html_follows_the_log_and_shows_the_outcome(log_server, chromium):
             with open(folder / "log", "a") as handle:
                 handle.write("last line\n")
             write_result(folder, outcome="failure", reason="task 'Run the tests' failed: non-zero return code (rc 1)",
-                         end=logstore.utc_now_iso(), duration=12.5)
+                         end=job_run.utc_now_iso(), duration=12.5)
             await page.wait("document.body.getAttribute('data-done') === 'true'")
             assert await page.evaluate("document.getElementById('outcome').textContent") == "failure"
             assert await page.evaluate("document.getElementById('outcome').className") == "failure"
@@ -204,7 +205,7 @@ def test_log_html_keeps_following_a_requeued_job(log_server, chromium):
     root, base, requests = log_server
     folder = root / "job-1"
     folder.mkdir()
-    (folder / "log.html").write_text(logstore.VIEWER_HTML)
+    (folder / "log.html").write_text(logstore.viewer_html())
     (folder / "log").write_text("attempt one, a long first line\n")
     write_result(folder, outcome="error", retry=True, reason="the worker was stopped during the job; the job was requeued")
 
@@ -216,7 +217,7 @@ def test_log_html_keeps_following_a_requeued_job(log_server, chromium):
             (folder / "log").write_text("attempt 2\n")
             write_result(folder)
             await page.wait("document.getElementById('log').textContent === 'attempt 2\\n'")
-            write_result(folder, outcome="success", end=logstore.utc_now_iso(), duration=3.0)
+            write_result(folder, outcome="success", end=job_run.utc_now_iso(), duration=3.0)
             await page.wait("document.body.getAttribute('data-done') === 'true'")
             assert await page.evaluate("document.getElementById('outcome').textContent") == "success"
         finally:

@@ -1,10 +1,13 @@
 """testfleet-worker's config, metrics and outcome decisions (no broker: see tests/integration/worker)."""
 
+import json
+
 import pytest
 import yaml
 
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
-from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore import store as logstore
+from ansible_collections.testfleet.infra.plugins.plugin_utils import job_run
+from ansible_collections.testfleet.infra.plugins.plugin_utils import logstore
 from ansible_collections.testfleet.infra.programs.worker import consumer as worker_lib
 from ansible_collections.testfleet.infra.programs.worker import job as worker_job
 from ansible_collections.testfleet.infra.programs.worker.metrics import Metrics
@@ -86,29 +89,34 @@ def settings(tmp_path):
 def test_outcome_decisions(tmp_path, local, cancel, outcome, action, retry):
     run = worker_job.JobRun({"version": 1, "id": "j-1", "kind": "noop", "timeout": 5}, settings(tmp_path), delivery=2)
     run.cancel_reason = cancel
-    if local is not None:
-        local = dict(local, start=logstore.utc_now_iso(), job={"id": "j-1"}, host="h/0")
-    result, got_action, note = run._decide(local, "failed", 2, None, 1000.0)
+    spool = logstore.JobSpool(str(tmp_path / "spool"), "j-1")
+    if local is not None:  # the play's verdict, as the callback leaves it for the worker
+        spool.write(job_run.PLAY_END, logstore.result_bytes(dict(local, start=job_run.utc_now_iso(), host="h/0")))
+    result, got_action, stored, error = run._finish(spool, "failed", 2, None, 1000.0)
     assert (result["outcome"], got_action, bool(result.get("retry"))) == (outcome, action, retry)
     assert result["worker"] == {"host": "h", "slot": 0, "delivery": 2, "runner_status": "failed", "rc": 2}
     if cancel == "timeout":
         assert result["reason"] == "timed out after 5 s"
     assert result["end"] and result["duration"] is not None
+    # one final result.json, the same in the spool and in the store
+    assert (stored, error) == (True, None)
+    assert json.loads(spool.read("result.json")) == result == json.loads(run.settings.store.get("j-1", "result.json"))
 
 
 def test_stored_results_that_end_a_job():
-    assert worker_job.is_done({"outcome": "success"})
-    assert worker_job.is_done({"outcome": "failure"})
-    assert worker_job.is_done({"outcome": "error", "retry": False})
-    assert not worker_job.is_done({"outcome": "error", "retry": True})
-    assert not worker_job.is_done({"outcome": "running"})
-    assert not worker_job.is_done(None)
+    assert job_run.is_final({"outcome": "success"})
+    assert job_run.is_final({"outcome": "failure"})
+    assert job_run.is_final({"outcome": "superseded"})
+    assert job_run.is_final({"outcome": "error", "retry": False})
+    assert not job_run.is_final({"outcome": "error", "retry": True})
+    assert not job_run.is_final({"outcome": "running"})
+    assert not job_run.is_final(None)
 
 
 def test_job_playbooks_exist():
-    assert worker_job.playbook_for("noop").endswith("playbooks/jobs/noop.yml")
-    assert worker_job.playbook_for("test").endswith("playbooks/jobs/test.yml")
-    assert worker_job.playbook_for("no-such-kind") is None
+    assert job_run.playbook_for("noop").endswith("playbooks/jobs/noop.yml")
+    assert job_run.playbook_for("test").endswith("playbooks/jobs/test.yml")
+    assert job_run.playbook_for("no-such-kind") is None
 
 
 def test_main_reports_config_errors(tmp_path, capsys):

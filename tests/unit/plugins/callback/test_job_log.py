@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore import store as logstore
+from ansible_collections.testfleet.infra.plugins.plugin_utils import job_run
+from ansible_collections.testfleet.infra.plugins.plugin_utils import logstore
 
 
 # The collection loader must be set up before anything imports ansible_collections, which the
@@ -55,17 +56,10 @@ def test_loads_through_the_callback_loader_with_its_documented_options(collectio
     assert found["spool"] == []
 
 
-def tail_module():
-    import importlib
-
-    return importlib.import_module("ansible_collections.testfleet.infra.plugins.callback.job_log")
-
-
 def test_output_tail_finds_a_secret_split_between_reads(tmp_path):
-    job_log = tail_module()
     path = tmp_path / "output"
     out = []
-    tail = job_log.OutputTail(str(path), logstore.Redactor(["tok-0123456789"]), out.append)
+    tail = job_run.OutputTail(str(path), logstore.Redactor(["tok-0123456789"]), out.append)
     tail.poll()
     assert out == []
     with open(path, "a") as handle:
@@ -86,10 +80,9 @@ def test_output_tail_finds_a_secret_split_between_reads(tmp_path):
 
 
 def test_output_tail_streams_partial_lines_and_ends_them(tmp_path):
-    job_log = tail_module()
     path = tmp_path / "output"
     out = []
-    tail = job_log.OutputTail(str(path), logstore.Redactor([]), out.append)
+    tail = job_run.OutputTail(str(path), logstore.Redactor([]), out.append)
     path.write_bytes("progress: 50% \u00e9".encode()[:-1])  # ends inside a UTF-8 character
     tail.poll()
     assert out == ["progress: 50% "]
