@@ -161,21 +161,38 @@ class Operator:
             })
         return rows
 
+    def _take_dead_letters(self, channel, limit=None):
+        """``(method, properties, body)`` of up to ``limit`` dead letters (all: None), each taken
+        without ack: the caller acks it or gives it back."""
+        taken = 0
+        while limit is None or taken < limit:
+            method, properties, body = channel.basic_get(self.dead_letter_queue, auto_ack=False)
+            if method is None:
+                return
+            taken += 1
+            yield method, properties, body
+
+    @staticmethod
+    def _give_back(channel, held):
+        """Requeue the dead letters taken and not acked (when ``held``), and close the channel."""
+        if held:
+            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+        channel.close()
+
+    def _refused(self, exc):
+        return CommandFailed("the broker refused to read queue %r: %s %s"
+                             % (self.dead_letter_queue, exc.reply_code, exc.reply_text))
+
     def read_dead_letters(self, limit=None):
         """Up to ``limit`` dead letters (all: None), described; all are given back (requeued)."""
         channel = self.connection.channel()
         found = []
         try:
-            while limit is None or len(found) < limit:
-                method, properties, body = channel.basic_get(self.dead_letter_queue, auto_ack=False)
-                if method is None:
-                    break
+            for dummy, properties, body in self._take_dead_letters(channel, limit):
                 found.append(describe_message(properties, body))
         except pika.exceptions.ChannelClosedByBroker as exc:
-            raise CommandFailed("the broker refused to read queue %r: %s %s" % (self.dead_letter_queue, exc.reply_code, exc.reply_text))
-        if found:
-            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
-        channel.close()
+            raise self._refused(exc)
+        self._give_back(channel, bool(found))
         return found
 
     def replay(self, ids=None):
@@ -184,10 +201,7 @@ class Operator:
         done = []
         held = False
         try:
-            while True:
-                method, properties, body = channel.basic_get(self.dead_letter_queue, auto_ack=False)
-                if method is None:
-                    break
+            for method, properties, body in self._take_dead_letters(channel):
                 info = describe_message(properties, body)
                 row = {"id": info["id"], "kind": info["kind"], "queue": info["queue"]}
                 if ids is not None and info["id"] not in ids:
@@ -213,10 +227,8 @@ class Operator:
                 row.update(replayed=True, problem=None)
                 done.append(row)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            raise CommandFailed("the broker refused to read queue %r: %s %s" % (self.dead_letter_queue, exc.reply_code, exc.reply_text))
-        if held:
-            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
-        channel.close()
+            raise self._refused(exc)
+        self._give_back(channel, held)
         return done
 
     def publish_job(self, queue, job):
