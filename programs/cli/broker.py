@@ -49,7 +49,6 @@ def _text(value):
     return value
 
 
-
 def describe_message(properties, body):
     """What a (dead-lettered) message is: id, kind, repo, original queue, reason, its job or body."""
     headers = dict((str(_text(k)), v) for k, v in (properties.headers or {}).items())

@@ -333,4 +333,3 @@ def run(argv):
 
 def main(argv=None):
     return run(sys.argv[1:] if argv is None else argv)
-

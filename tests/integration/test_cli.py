@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from ansible_collections.testfleet.infra.programs.cli import broker, scan_jobs
+from ansible_collections.testfleet.infra.programs.cli import scan_jobs
 from ansible_collections.testfleet.infra.programs.cli import commands as cli
 
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs

@@ -120,11 +120,11 @@ def test_describe_a_job_the_broker_dead_lettered():
 def test_describe_a_delivery_and_a_broken_message():
     delivery = {"delivery": "d-1", "event": "push", "received_at": "x", "payload": {"repository": {"full_name": "o/r"}}}
     info = broker.describe_message(properties(message_id="d-1", headers={"x-testfleet-reason": "invalid webhook delivery: x",
-                                                                      "x-testfleet-queue": "events"}),
-                                json.dumps(delivery).encode())
+                                                                         "x-testfleet-queue": "events"}),
+                                   json.dumps(delivery).encode())
     assert (info["id"], info["kind"], info["repo"], info["queue"]) == ("d-1", "delivery:push", "o/r", "events")
     info = broker.describe_message(properties(headers={"x-first-death-queue": b"q", "x-first-death-reason": b"rejected"}),
-                                b"{not json")
+                                   b"{not json")
     assert (info["id"], info["kind"], info["queue"], info["reason"], info["job"], info["body"]) == (
         None, None, "q", "rejected without requeue", None, "{not json")
 

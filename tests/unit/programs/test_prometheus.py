@@ -93,5 +93,6 @@ def worker_text(busy):
 def test_promtool_accepts_the_metrics(name, text):
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: scripts/bootstrap --for-tests installs it (Debian's prometheus)"
-    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
+                          check=False)
     assert done.returncode == 0, "%s:\n%s%s\n%s" % (name, done.stdout, done.stderr, text)
