@@ -4,7 +4,7 @@
 
     .venv/bin/python bench/scan.py [--url URL] [--password-file FILE] [--prs 200] [--contexts 5]
 
-Self-contained: it starts the fake GitHub of the tests (tests/fake_github.py) on 127.0.0.1 with
+Self-contained: it starts the fake GitHub of the tests (tests/fake_github/) on 127.0.0.1 with
 one repository of ``--prs`` open pull requests (a few pages of the pulls list), writes a test
 map with ``--contexts`` contexts on ``main``, declares a queue of its own on the running broker
 (``bench-scan-<id>.*``, deleted at the end), and runs the ``testfleet.infra.scan`` module (in
@@ -54,7 +54,8 @@ def say(text):
 
 
 def load_fake_github():
-    spec = importlib.util.spec_from_file_location("fake_github", os.path.join(ROOT, "tests", "fake_github.py"))
+    package = os.path.join(ROOT, "tests", "fake_github")
+    spec = importlib.util.spec_from_file_location("fake_github", os.path.join(package, "__init__.py"), submodule_search_locations=[package])
     module = importlib.util.module_from_spec(spec)
     sys.modules["fake_github"] = module
     spec.loader.exec_module(module)

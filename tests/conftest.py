@@ -4,7 +4,7 @@ At start-up a temporary ``ansible_collections/testfleet/infra`` symlink to the r
 is created and put first on ``sys.path`` (so ``ansible_collections.testfleet.infra`` imports
 from this checkout, wherever it is) and handed to ansible-playbook as its collections path.
 
-The fake GitHub server (``tests/fake_github.py``) is loaded as the module ``fake_github``
+The fake GitHub server (the package ``tests/fake_github/``) is loaded as the module ``fake_github``
 (so tests may ``import fake_github`` too); the fixture ``fake_github`` is a running instance.
 The fixture ``moto_server`` is a real moto_server (S3) on 127.0.0.1, stopped afterwards.
 
@@ -48,9 +48,11 @@ _collections_tree = _make_collections_tree()
 
 
 def _load_fake_github():
-    """tests/fake_github.py as the module ``fake_github`` (one copy, whoever imports it)."""
+    """The package tests/fake_github as the module ``fake_github`` (one copy, whoever imports it)."""
     if "fake_github" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fake_github", REPO_ROOT / "tests" / "fake_github.py")
+        package = REPO_ROOT / "tests" / "fake_github"
+        spec = importlib.util.spec_from_file_location("fake_github", package / "__init__.py",
+                                                      submodule_search_locations=[str(package)])
         module = importlib.util.module_from_spec(spec)
         sys.modules["fake_github"] = module
         spec.loader.exec_module(module)

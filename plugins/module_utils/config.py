@@ -93,9 +93,8 @@ key                              default           meaning
                                                    they use with it
 ================================ ================= =============================================
 
-Default ``webhook.events`` (:data:`DEFAULT_EVENTS`): ``pull_request`` (opened, synchronize,
-reopened, closed, ready_for_review, labeled), ``push``, ``issue_comment`` (created),
-``status``, ``ping``.
+Default ``webhook.events`` (:data:`DEFAULT_EVENTS`): the events and actions testfleet scans for,
+and ``ping``, as ``webhook_events.py`` defines them.
 """
 
 from __future__ import annotations
@@ -115,15 +114,10 @@ except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
 
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp import AmqpSettings, redact_url
 from ansible_collections.testfleet.infra.plugins.module_utils import topology as topology_lib
+from ansible_collections.testfleet.infra.plugins.module_utils import webhook_events
 
 DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
-DEFAULT_EVENTS = {
-    "pull_request": ["opened", "synchronize", "reopened", "closed", "ready_for_review", "labeled"],
-    "push": None,
-    "issue_comment": ["created"],
-    "status": None,
-    "ping": None,
-}
+DEFAULT_EVENTS = webhook_events.default_filter()  # the events testfleet scans for, and ping
 EVENT_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,255}$")
 

@@ -33,6 +33,9 @@ pull request, with commands      ``args.commands``: ``[{"command": "retest"|"app
 ``ping``, the rest               nothing
 ================================ =====================================================================
 
+The events and actions scanned are defined once, in ``module_utils/webhook_events.py``: the
+webhook's default event filter is made from the same list, so what it queues has a handler here.
+
 Commands are lines of the comment (outside code fences) that are ``/retest`` followed by zero or
 more contexts (none: every failed or errored context), or exactly ``/approve``.
 
@@ -51,9 +54,10 @@ import json
 import re
 
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
+from ansible_collections.testfleet.infra.plugins.module_utils.webhook_events import (
+    ISSUE_COMMENT_ACTIONS, PULL_REQUEST_ACTIONS)
 
 DELIVERY_KEYS = ("delivery", "event", "payload")
-PULL_REQUEST_ACTIONS = ("opened", "synchronize", "reopened", "closed", "ready_for_review", "labeled")
 JOB_ID_PREFIX = "gh"
 SAFE_ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 ZERO_SHA_RE = re.compile(r"^0+$")
@@ -172,7 +176,7 @@ def _push(payload):
 
 def _issue_comment(payload):
     action = payload.get("action")
-    if action != "created":
+    if action not in ISSUE_COMMENT_ACTIONS:
         return None, "issue_comment %s: only new comments carry commands" % action
     number = _field(payload, ("issue", "number"), int, "the issue number")
     if not isinstance(payload["issue"].get("pull_request"), dict):
@@ -208,6 +212,8 @@ def _status(payload):
     return job, "status error of %s on %s: scan %s at %s" % (context[:100], sha[:12], repo, sha[:12])
 
 
+# One handler for each event of webhook_events.SCANNED, one reason for each of ACKNOWLEDGED
+# (test_events checks it).
 HANDLERS = {
     "pull_request": _pull_request,
     "push": _push,

@@ -35,6 +35,9 @@ section and the ``topology`` of the config file (no management plugin needed):
     or ``ref`` asks for a full scan of the repository (its open pull requests and branches).
     The periodic timer and a cold start after a broker loss run this.
 
+The broker side is in ``broker.py``, the jobs published in ``scan_jobs.py``, the errors and
+exit codes in ``errors.py``; this file is the command line and its output.
+
 Output is a table for people, or JSON with ``--json``. Exit codes: 0 done, 1 the broker (or
 ``rabbitmq-queues``) failed or some items could not be done, 2 usage or config errors.
 Secrets (the broker password) never appear in the output.
@@ -43,58 +46,30 @@ Secrets (the broker password) never appear in the output.
 from __future__ import annotations
 
 import argparse
-import datetime
-import getpass
-import importlib
 import json
 import os
 import re
-import subprocess
 import sys
-import uuid
 
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
-from ansible_collections.testfleet.infra.plugins.plugin_utils import logstore
 from ansible_collections.testfleet.infra.plugins.module_utils import topology as topology_lib
+from ansible_collections.testfleet.infra.programs.cli.broker import Operator, peek
+from ansible_collections.testfleet.infra.programs.cli.errors import (
+    EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError)
+from ansible_collections.testfleet.infra.programs.cli.scan_jobs import configured_repos, retest_job, scan_job
 
 pika = amqp.pika
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 DEFAULT_CONFIG = "/etc/testfleet/config.yml"
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 10000
-REASON_HEADER = "x-testfleet-reason"
-QUEUE_HEADER = "x-testfleet-queue"
-REPLAYED_HEADER = "x-testfleet-replayed"
-# Headers that describe a dead-lettering; a replayed message starts without them.
-DEAD_LETTER_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",
-                       "x-last-death-queue", "x-last-death-reason", "x-last-death-exchange",
-                       "x-delivery-count", REASON_HEADER, QUEUE_HEADER, "x-testfleet-worker")
-DEATH_REASONS = {
-    "delivery_limit": "delivered too often (the queue's delivery limit)",
-    "rejected": "rejected without requeue",
-    "expired": "expired (message TTL)",
-    "maxlen": "dropped from a full queue",
-}
 TRIGGER_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-PEEK_PROGRAM = "rabbitmq-queues"
-PEEK_EMPTY = "does not have a message at that position"
 COUNTS_ONLY_NOTE = (
     "Jobs not listed: reading a message of a quorum queue over AMQP counts as a delivery "
     "(x-delivery-count goes up) and pushes it toward the dead-letter queue. On a node of the "
     "broker's cluster, --peek lists them through rabbitmq-queues without a delivery.")
-
-
-class UsageError(Exception):
-    """A wrong command line or config: exit 2."""
-
-
-class CommandFailed(Exception):
-    """The broker or a helper program failed: exit 1."""
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -116,292 +91,6 @@ def format_table(rows, columns, widths=None):
     for line in cells:
         lines.append("  ".join(text.ljust(size) for text, size in zip(line, sizes)).rstrip())
     return "\n".join(lines)
-
-
-def _text(value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
-
-
-# --- dead letters -------------------------------------------------------------------------------
-
-def describe_message(properties, body):
-    """What a (dead-lettered) message is: id, kind, repo, original queue, reason, its job or body."""
-    headers = dict((str(_text(k)), v) for k, v in (properties.headers or {}).items())
-    try:
-        data = json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
-    except ValueError:
-        data = None
-    message = data if isinstance(data, dict) else {}
-    payload = message.get("payload") if isinstance(message.get("payload"), dict) else None
-    if payload is not None and "delivery" in message and "event" in message:
-        kind = "delivery:%s" % _text(message.get("event"))
-        repo = (payload.get("repository") or {}).get("full_name") if isinstance(payload.get("repository"), dict) else None
-        job_id = message.get("delivery")
-    else:
-        kind, repo, job_id = message.get("kind"), message.get("repo"), message.get("id")
-    deaths = headers.get("x-death") or []
-    death = deaths[0] if deaths and isinstance(deaths[0], dict) else {}
-    death = dict((str(_text(k)), _text(v)) for k, v in death.items())
-    queue = _text(headers.get(QUEUE_HEADER)) or death.get("queue") or _text(headers.get("x-first-death-queue"))
-    reason = _text(headers.get(REASON_HEADER))
-    if not reason and death:
-        reason = DEATH_REASONS.get(death.get("reason"), death.get("reason") or "dead-lettered")
-        if death.get("count") and death.get("count") > 1:
-            reason += " (dead-lettered %d times)" % death["count"]
-    elif not reason and headers.get("x-first-death-reason"):
-        reason = DEATH_REASONS.get(_text(headers["x-first-death-reason"]), _text(headers["x-first-death-reason"]))
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
-    return {
-        "id": _text(properties.message_id) or (job_id if isinstance(job_id, str) else None),
-        "kind": kind if isinstance(kind, str) else None,
-        "repo": repo if isinstance(repo, str) else None,
-        "queue": queue,
-        "reason": reason,
-        "replayed": int(headers.get(REPLAYED_HEADER) or 0),
-        "job": logstore.public_job(data) if data is not None else None,  # args.secrets hidden
-        "body": None if data is not None else text[:4096],
-    }
-
-
-def replay_headers(headers):
-    """The headers a replayed message is published with."""
-    kept = dict((str(_text(k)), v) for k, v in (headers or {}).items() if str(_text(k)) not in DEAD_LETTER_HEADERS)
-    kept[REPLAYED_HEADER] = int(kept.get(REPLAYED_HEADER) or 0) + 1
-    return kept
-
-
-# --- jobs the CLI publishes ---------------------------------------------------------------------
-
-def _stamp(now):
-    return now.strftime("%Y%m%dT%H%M%SZ")
-
-
-def _job_id(prefix, repo, now):
-    return jobs.job_id(prefix, "%s-%s" % (_stamp(now), repo), "-%s" % uuid.uuid4().hex[:8])
-
-
-def operator_user():
-    """``operator:<login name>``: the user of an operator's command (never a GitHub login)."""
-    try:
-        name = getpass.getuser()
-    except Exception:  # no login name (a container without passwd entry)
-        name = "unknown"
-    return "operator:" + (re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "unknown")
-
-
-def scan_job(repo, trigger, now=None, fresh=False, rebuild=False):
-    """A full scan of ``repo`` (its open pull requests and branches).
-
-    ``fresh`` reads every commit (no scan state); ``rebuild`` also publishes again the jobs of
-    contexts that are ``queued`` (after a broker lost its queues).
-    """
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    scan_args = {"trigger": trigger}
-    if rebuild:
-        scan_args["rebuild"] = True
-    elif fresh:
-        scan_args["fresh"] = True
-    return jobs.make_job("scan", _job_id("scan-" + trigger, repo, now), repo=repo, args=scan_args)
-
-
-def retest_job(repo, pull, contexts, user=None, now=None):
-    """A scan of pull request ``pull`` with a retest command of the operator."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    command = {"command": "retest", "contexts": list(contexts), "user": user or operator_user(),
-               "created_at": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    return jobs.make_job("scan", _job_id("retest", "%s-%d" % (repo, pull), now), repo=repo, pull=pull,
-                         args={"trigger": "operator", "commands": [command]})
-
-
-def configured_repos(cfg):
-    """Every repository of the config's test map (``testmap.py``)."""
-    if not cfg.testmap:
-        raise UsageError("%s names no testmap: give the repositories (testfleet scan OWNER/NAME ...) or set the "
-                         "top-level key testmap" % cfg.path)
-    try:
-        testmap_lib = importlib.import_module("ansible_collections.testfleet.infra.plugins.module_utils.testmap")
-    except ImportError as exc:
-        raise UsageError("cannot read the test map: %s" % exc)
-    try:
-        repos = list(testmap_lib.load_testmap(cfg.testmap).repos)
-    except (ValueError, OSError) as exc:  # TestMapError is a ValueError
-        raise UsageError(str(exc))
-    if not repos:
-        raise UsageError("the test map %s names no repository" % cfg.testmap)
-    return repos
-
-
-# --- the broker ---------------------------------------------------------------------------------
-
-class Operator:
-    """The commands' broker side, on one connection."""
-
-    def __init__(self, connection, description):
-        self.connection = connection
-        self.description = description
-        self.topology = topology_lib.expand(description)
-        self.dead_letter_queue = self.topology["queues"][0]["name"]
-        self.queues = dict((q["name"], q) for q in self.topology["queues"])
-        self.bindings = dict((b["queue"], b) for b in self.topology["bindings"][1:])
-        self._publisher = None
-
-    @property
-    def publisher(self):
-        if self._publisher is None:
-            self._publisher = amqp.ConfirmedPublisher(self.connection)
-        return self._publisher
-
-    def queue(self, name):
-        if name not in self.queues:
-            raise UsageError("%r is not a queue of the topology (queues: %s)" % (name, ", ".join(self.queues)))
-        return self.queues[name]
-
-    def stats(self, name):
-        """(ready, consumers) of a queue by a passive declare, or None when it does not exist."""
-        channel = self.connection.channel()
-        try:
-            ok = channel.queue_declare(name, passive=True).method
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:
-                return None
-            raise CommandFailed("the broker refused to show queue %r: %s %s" % (name, exc.reply_code, exc.reply_text))
-        channel.close()
-        return ok.message_count, ok.consumer_count
-
-    def differences(self, queue):
-        """The arguments in which an existing queue differs from the topology (a declare with the
-        topology's arguments changes nothing: the broker compares them), or None if unknown."""
-        channel = self.connection.channel()
-        try:
-            topology_lib.declare_queue(channel, queue)
-        except topology_lib.TopologyMismatch as exc:
-            return [m["argument"] for m in exc.mismatches]
-        except amqp.AmqpError:  # e.g. no configure permission
-            return None
-        channel.close()
-        return []
-
-    def queue_rows(self):
-        rows = []
-        for queue in self.topology["queues"]:
-            stats = self.stats(queue["name"])
-            arguments = queue["arguments"]
-            rows.append({
-                "queue": queue["name"],
-                "role": "dead letters" if queue["name"] == self.dead_letter_queue else "work",
-                "exists": stats is not None,
-                "ready": stats[0] if stats else None,
-                "consumers": stats[1] if stats else None,
-                "delivery_limit": arguments.get("x-delivery-limit"),
-                "single_active_consumer": bool(arguments.get(topology_lib.SINGLE_ACTIVE_CONSUMER)),
-                "differs": self.differences(queue) if stats is not None else None,
-            })
-        return rows
-
-    def read_dead_letters(self, limit=None):
-        """Up to ``limit`` dead letters (all: None), described; all are given back (requeued)."""
-        channel = self.connection.channel()
-        found = []
-        try:
-            while limit is None or len(found) < limit:
-                method, properties, body = channel.basic_get(self.dead_letter_queue, auto_ack=False)
-                if method is None:
-                    break
-                found.append(describe_message(properties, body))
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            raise CommandFailed("the broker refused to read queue %r: %s %s" % (self.dead_letter_queue, exc.reply_code, exc.reply_text))
-        if found:
-            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
-        channel.close()
-        return found
-
-    def replay(self, ids=None):
-        """Move dead letters (all, or those whose id is in ``ids``) back to their queues."""
-        channel = self.connection.channel()
-        done = []
-        held = False
-        try:
-            while True:
-                method, properties, body = channel.basic_get(self.dead_letter_queue, auto_ack=False)
-                if method is None:
-                    break
-                info = describe_message(properties, body)
-                row = {"id": info["id"], "kind": info["kind"], "queue": info["queue"]}
-                if ids is not None and info["id"] not in ids:
-                    held = True
-                    continue
-                binding = self.bindings.get(info["queue"])
-                if binding is None:
-                    row.update(replayed=False, problem="its original queue %s is not a work queue of the topology"
-                               % (repr(info["queue"]) if info["queue"] else "(unknown: no x-testfleet-queue or x-death header)"))
-                    held = True
-                    done.append(row)
-                    continue
-                try:
-                    self.publisher.publish(binding["exchange"], binding["routing_key"], body,
-                                           message_id=properties.message_id, headers=replay_headers(properties.headers),
-                                           content_type=properties.content_type or "application/json")
-                except amqp.PublishRefused as exc:
-                    row.update(replayed=False, problem=str(exc))
-                    held = True
-                    done.append(row)
-                    continue
-                channel.basic_ack(method.delivery_tag)
-                row.update(replayed=True, problem=None)
-                done.append(row)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            raise CommandFailed("the broker refused to read queue %r: %s %s" % (self.dead_letter_queue, exc.reply_code, exc.reply_text))
-        if held:
-            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
-        channel.close()
-        return done
-
-    def publish_job(self, queue, job):
-        binding = self.bindings.get(queue)
-        if binding is None:
-            raise UsageError("%r is not a work queue of the topology (work queues: %s)"
-                             % (queue, ", ".join(self.bindings)))
-        try:
-            self.publisher.publish(binding["exchange"], binding["routing_key"], jobs.encode_job(job), message_id=job["id"])
-        except amqp.PublishRefused as exc:
-            raise CommandFailed(str(exc))
-
-    def close(self):
-        if self.connection.is_open:
-            self.connection.close()
-
-
-def peek(queue, vhost, limit, run=subprocess.run):
-    """Up to ``limit`` messages of a quorum queue through ``rabbitmq-queues peek`` (no delivery)."""
-    rows = []
-    for position in range(1, limit + 1):
-        command = [PEEK_PROGRAM, "peek", "--vhost", vhost, queue, str(position), "--formatter", "json"]
-        try:
-            done = run(command, capture_output=True, text=True, timeout=120, check=False)
-        except FileNotFoundError:
-            raise CommandFailed("--peek needs %s (RabbitMQ's CLI tools): run it on a node of the broker's cluster"
-                                % PEEK_PROGRAM)
-        except subprocess.TimeoutExpired:
-            raise CommandFailed("%s peek did not answer within 120 s" % PEEK_PROGRAM)
-        output = (done.stdout or "").strip() or (done.stderr or "").strip()
-        if done.returncode != 0:
-            if PEEK_EMPTY in output:
-                break
-            raise CommandFailed("%s peek failed (exit %d): %s" % (PEEK_PROGRAM, done.returncode, output[-500:] or "no output"))
-        try:
-            message = json.loads(output.splitlines()[-1])["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise CommandFailed("%s peek answered something unexpected: %s" % (PEEK_PROGRAM, output[-500:]))
-        start = message.get("payload (max 64 bytes)")
-        if isinstance(start, str) and '"secrets"' in start:  # the start of args.secrets: never shown
-            start = start[:start.index('"secrets"')] + '"secrets": (hidden)'
-        kind = re.search(r'"kind": ?"([a-z0-9-]+)"', start or "")
-        rows.append({"position": position, "id": message.get("message_id"),
-                     "deliveries": message.get("header.x-delivery-count"),
-                     "kind": kind.group(1) if kind else None, "body_start": start})
-    return rows
 
 
 # --- commands -----------------------------------------------------------------------------------

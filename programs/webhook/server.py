@@ -24,7 +24,7 @@ key of the config file, see :mod:`.config`) serves:
 ``GET /healthz``
     200 when the broker connection is ready, else 503.
 ``GET /metrics``
-    Prometheus text (:mod:`.webhook_metrics`).
+    Prometheus text (:mod:`.metrics`).
 
 Each delivery gives one JSON log line on stderr (delivery, event, action, repo, outcome,
 status, reason, durations); never the body, never a secret. SIGTERM/SIGINT stop gracefully
@@ -64,8 +64,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp import AmqpError, HAS_PIKA
-from ansible_collections.testfleet.infra.programs.webhook.metrics import (
-    CONTENT_TYPE as METRICS_CONTENT_TYPE, WebhookMetrics)
+from ansible_collections.testfleet.infra.programs.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ansible_collections.testfleet.infra.programs.webhook.metrics import WebhookMetrics
 from ansible_collections.testfleet.infra.programs.webhook.publisher import (
     AsyncPublisher, Unavailable)
 

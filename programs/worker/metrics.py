@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Prometheus metrics of one worker slot, as a node_exporter textfile.
 
-Each slot writes ``<metrics_dir>/testfleet-worker-<slot>.prom`` (atomically: a temporary file
-renamed over the old one) whenever something changes and at least every 30 s. Point
+Each slot writes ``<metrics_dir>/testfleet-worker-<slot>.prom`` (atomically, mode 0644, with
+``files.write_atomic``; rendered by :mod:`..prometheus`) whenever something changes and at least every 30 s. Point
 node_exporter's textfile collector at the directory
 (``--collector.textfile.directory=/var/lib/testfleet/metrics``). A textfile needs no port per
 slot and survives the worker: the last state of a dead worker stays visible, and
@@ -33,18 +33,12 @@ Metrics (labels ``host`` and ``slot`` on every series):
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
+from ansible_collections.testfleet.infra.plugins.module_utils.files import write_atomic
+from ansible_collections.testfleet.infra.programs import prometheus
+
 BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
-
-
-def _escape(value):
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels):
-    return "{%s}" % ",".join('%s="%s"' % (k, _escape(v)) for k, v in labels)
 
 
 class Metrics:
@@ -54,8 +48,10 @@ class Metrics:
         self.path = path
         self.base = (("host", host), ("slot", str(slot)))
         self.clock = clock
-        self.jobs = {}            # (kind, outcome) -> count
-        self.durations = {}       # kind -> [bucket counts..., sum, count]
+        self.jobs = prometheus.Counter("testfleet_worker_jobs_total", "Jobs finished, by kind and outcome.",
+                                       ("kind", "outcome"))
+        self.durations = prometheus.Histogram("testfleet_worker_job_duration_seconds", "How long jobs ran.",
+                                              BUCKETS, ("kind",))
         self.current = None       # (job id, kind, start)
         self.upload_failures = 0
         self.connected = 0
@@ -70,15 +66,10 @@ class Metrics:
 
     def job_finished(self, kind, outcome, duration=None):
         self.current = None
-        key = (kind or "unknown", outcome)
-        self.jobs[key] = self.jobs.get(key, 0) + 1
+        kind = kind or "unknown"
+        self.jobs.inc(kind, outcome)
         if duration is not None:
-            counts = self.durations.setdefault(key[0], [0] * len(BUCKETS) + [0.0, 0])
-            for index, bound in enumerate(BUCKETS):
-                if duration <= bound:
-                    counts[index] += 1
-            counts[-2] += duration
-            counts[-1] += 1
+            self.durations.observe(duration, kind)
         self.write()
 
     def set(self, name, value):
@@ -86,38 +77,27 @@ class Metrics:
         self.write()
 
     def render(self):
-        base = list(self.base)
-        out = []
+        base = self.base
+        current = self.current
 
-        def metric(name, kind, text, samples):
-            out.append("# HELP %s %s" % (name, text))
-            out.append("# TYPE %s %s" % (name, kind))
-            for labels, value in samples:
-                out.append("%s%s %s" % (name, _labels(base + labels), _number(value)))
+        def gauge(name, text, samples, kind="gauge"):
+            return prometheus.family(name, kind, text, samples, base)
 
-        metric("testfleet_worker_jobs_total", "counter", "Jobs finished, by kind and outcome.",
-               [([("kind", k), ("outcome", o)], n) for (k, o), n in sorted(self.jobs.items())])
-        out.append("# HELP testfleet_worker_job_duration_seconds How long jobs ran.")
-        out.append("# TYPE testfleet_worker_job_duration_seconds histogram")
-        for kind, counts in sorted(self.durations.items()):
-            labels = base + [("kind", kind)]
-            for index, bound in enumerate(BUCKETS):
-                out.append("testfleet_worker_job_duration_seconds_bucket%s %d" % (_labels(labels + [("le", str(bound))]), counts[index]))
-            out.append("testfleet_worker_job_duration_seconds_bucket%s %d" % (_labels(labels + [("le", "+Inf")]), counts[-1]))
-            out.append("testfleet_worker_job_duration_seconds_sum%s %s" % (_labels(labels), _number(counts[-2])))
-            out.append("testfleet_worker_job_duration_seconds_count%s %d" % (_labels(labels), counts[-1]))
-        metric("testfleet_worker_busy", "gauge", "1 while a job runs.", [([], 1 if self.current else 0)])
-        metric("testfleet_worker_current_job_info", "gauge", "The job running now.",
-               [([("job", self.current[0]), ("kind", self.current[1])], 1)] if self.current else [])
-        metric("testfleet_worker_current_job_start_timestamp_seconds", "gauge", "When the running job started.",
-               [([], self.current[2])] if self.current else [])
-        metric("testfleet_worker_log_upload_failures_total", "counter", "Job folders the log store did not take.",
-               [([], self.upload_failures)])
-        metric("testfleet_worker_connected", "gauge", "1 while connected to the broker.", [([], self.connected)])
-        metric("testfleet_worker_reconnects_total", "counter", "Broker connections lost and made again.", [([], self.reconnects)])
-        metric("testfleet_worker_draining", "gauge", "1 after a stop was asked for.", [([], self.draining)])
-        metric("testfleet_worker_last_update_timestamp_seconds", "gauge", "When this file was written.", [([], self.clock())])
-        return "\n".join(out) + "\n"
+        lines = self.jobs.render(base) + self.durations.render(base)
+        lines += gauge("testfleet_worker_busy", "1 while a job runs.", [((), 1 if current else 0)])
+        lines += gauge("testfleet_worker_current_job_info", "The job running now.",
+                       [((("job", current[0]), ("kind", current[1])), 1)] if current else [])
+        lines += gauge("testfleet_worker_current_job_start_timestamp_seconds", "When the running job started.",
+                       [((), current[2])] if current else [])
+        lines += gauge("testfleet_worker_log_upload_failures_total", "Job folders the log store did not take.",
+                       [((), self.upload_failures)], kind="counter")
+        lines += gauge("testfleet_worker_connected", "1 while connected to the broker.", [((), self.connected)])
+        lines += gauge("testfleet_worker_reconnects_total", "Broker connections lost and made again.",
+                       [((), self.reconnects)], kind="counter")
+        lines += gauge("testfleet_worker_draining", "1 after a stop was asked for.", [((), self.draining)])
+        lines += gauge("testfleet_worker_last_update_timestamp_seconds", "When this file was written.",
+                       [((), self.clock())])
+        return prometheus.text(lines)
 
     def write(self):
         """Write the textfile; a failure is remembered (``write_error``), never raised."""
@@ -125,13 +105,8 @@ class Metrics:
         if not self.path:
             return
         try:
-            folder = os.path.dirname(self.path)
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".testfleet-worker-", suffix=".tmp", dir=folder)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(self.render())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            write_atomic(self.path, self.render(), mode=0o644, fsync=False, prefix=".testfleet-worker-")
             self.write_error = None
         except OSError as exc:
             self.write_error = "cannot write the metrics file %s: %s" % (self.path, exc)
@@ -139,9 +114,3 @@ class Metrics:
     def maybe_write(self, every=30.0):
         if self.clock() - self.last_write >= every:
             self.write()
-
-
-def _number(value):
-    if isinstance(value, float):
-        return repr(round(value, 6))
-    return str(value)

@@ -10,6 +10,7 @@ import time
 import pytest
 import yaml
 
+from ansible_collections.testfleet.infra.programs.cli import scan_jobs
 from ansible_collections.testfleet.infra.programs.cli import commands as cli
 
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
@@ -234,7 +235,7 @@ def test_replay(capsys, config, broker, declared, inspect):
 
 
 def test_retest_and_scan_publish_scan_jobs(capsys, tmp_path, config, broker, declared, monkeypatch):
-    monkeypatch.setattr(cli.getpass, "getuser", lambda: "ops")
+    monkeypatch.setattr(scan_jobs.getpass, "getuser", lambda: "ops")
     code, out, err = run(capsys, config, "retest", "acme/widget", "42", "debian-12/default", "--queue", declared["work"])
     assert code == 0, err
     properties, body = take(broker, declared["work"])

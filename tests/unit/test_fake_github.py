@@ -1,7 +1,8 @@
-"""The fake GitHub server itself (tests/fake_github.py), over real HTTP: what other tests rely on."""
+"""The fake GitHub server itself (tests/fake_github/), over real HTTP: what other tests rely on."""
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -294,7 +295,8 @@ def test_app_credentials_that_github_refuses(gh, app_key, case):
 
 
 def test_it_runs_alone_from_the_command_line():
-    process = subprocess.Popen([sys.executable, fake_github.__file__, "--port", "0", "--repo", REPO],
+    package = os.path.dirname(fake_github.__file__)  # python tests/fake_github ...
+    process = subprocess.Popen([sys.executable, package, "--port", "0", "--repo", REPO],
                                stdout=subprocess.PIPE, text=True)
     try:
         started = json.loads(process.stdout.readline())

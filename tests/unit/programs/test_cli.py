@@ -7,6 +7,7 @@ import subprocess
 import pika
 import pytest
 
+from ansible_collections.testfleet.infra.programs.cli import broker, errors, scan_jobs
 from ansible_collections.testfleet.infra.programs.cli import commands as cli
 
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
@@ -55,7 +56,7 @@ def test_the_config_defaults_to_the_environment(monkeypatch):
     (["scan", "--trigger", "Timer!"], "a trigger is a short lower-case word"),
 ])
 def test_usage_errors(argv, problem):
-    with pytest.raises(cli.UsageError) as info:
+    with pytest.raises(errors.UsageError) as info:
         cli.parse_args(argv)
     assert problem in str(info.value)
 
@@ -96,7 +97,7 @@ def properties(**fields):
 def test_describe_a_job_the_worker_dead_lettered():
     job = {"version": 1, "id": "t-1", "kind": "test", "repo": "o/r", "sha": "a" * 40, "context": "c",
            "args": {"secrets": {"TOKEN": "tok-123"}}}
-    info = cli.describe_message(properties(message_id="t-1", headers={
+    info = broker.describe_message(properties(message_id="t-1", headers={
         "x-testfleet-reason": "invalid job: field 'kind' names no job playbook", "x-testfleet-queue": "tests.public",
         "x-testfleet-worker": "w/0"}), json.dumps(job).encode())
     assert {k: info[k] for k in ("id", "kind", "repo", "queue", "reason", "replayed", "body")} == {
@@ -111,19 +112,19 @@ def test_describe_a_job_the_broker_dead_lettered():
                             "time": datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc),
                             "exchange": "testfleet", "routing-keys": [b"images"]}],
                "x-first-death-queue": "images", "x-first-death-reason": "delivery_limit", "x-delivery-count": 0}
-    info = cli.describe_message(properties(headers=headers), b'{"version": 1, "id": "i-1", "kind": "image-refresh"}')
+    info = broker.describe_message(properties(headers=headers), b'{"version": 1, "id": "i-1", "kind": "image-refresh"}')
     assert (info["id"], info["kind"], info["queue"]) == ("i-1", "image-refresh", "images")
     assert info["reason"] == "delivered too often (the queue's delivery limit) (dead-lettered 2 times)"
 
 
 def test_describe_a_delivery_and_a_broken_message():
     delivery = {"delivery": "d-1", "event": "push", "received_at": "x", "payload": {"repository": {"full_name": "o/r"}}}
-    info = cli.describe_message(properties(message_id="d-1", headers={"x-testfleet-reason": "invalid webhook delivery: x",
-                                                                      "x-testfleet-queue": "events"}),
-                                json.dumps(delivery).encode())
+    info = broker.describe_message(properties(message_id="d-1", headers={"x-testfleet-reason": "invalid webhook delivery: x",
+                                                                         "x-testfleet-queue": "events"}),
+                                   json.dumps(delivery).encode())
     assert (info["id"], info["kind"], info["repo"], info["queue"]) == ("d-1", "delivery:push", "o/r", "events")
-    info = cli.describe_message(properties(headers={"x-first-death-queue": b"q", "x-first-death-reason": b"rejected"}),
-                                b"{not json")
+    info = broker.describe_message(properties(headers={"x-first-death-queue": b"q", "x-first-death-reason": b"rejected"}),
+                                   b"{not json")
     assert (info["id"], info["kind"], info["queue"], info["reason"], info["job"], info["body"]) == (
         None, None, "q", "rejected without requeue", None, "{not json")
 
@@ -132,23 +133,23 @@ def test_replay_headers_drop_the_dead_lettering_and_count_replays():
     headers = {"x-death": [], "x-first-death-queue": "q", "x-first-death-reason": "rejected", "x-first-death-exchange": "",
                "x-delivery-count": 3, "x-testfleet-reason": "r", "x-testfleet-queue": "q", "x-testfleet-worker": "w",
                "x-testfleet-publish-seq": 9}
-    assert cli.replay_headers(headers) == {"x-testfleet-publish-seq": 9, "x-testfleet-replayed": 1}
-    assert cli.replay_headers({"x-testfleet-replayed": 1})["x-testfleet-replayed"] == 2
-    assert cli.replay_headers(None) == {"x-testfleet-replayed": 1}
+    assert broker.replay_headers(headers) == {"x-testfleet-publish-seq": 9, "x-testfleet-replayed": 1}
+    assert broker.replay_headers({"x-testfleet-replayed": 1})["x-testfleet-replayed"] == 2
+    assert broker.replay_headers(None) == {"x-testfleet-replayed": 1}
 
 
 def test_scan_and_retest_jobs(monkeypatch):
-    monkeypatch.setattr(cli.getpass, "getuser", lambda: "ops person")
-    scan = cli.scan_job("acme/widget", "timer", NOW)
+    monkeypatch.setattr(scan_jobs.getpass, "getuser", lambda: "ops person")
+    scan = scan_jobs.scan_job("acme/widget", "timer", NOW)
     assert jobs.validate_job(scan) is scan
     assert scan["id"].startswith("scan-timer-20240501T123000Z-acme_widget-")
     assert {k: v for k, v in scan.items() if k != "id"} == {"version": 1, "kind": "scan", "repo": "acme/widget",
                                                             "args": {"trigger": "timer"}}
-    assert cli.scan_job("acme/widget", "timer", NOW)["id"] != scan["id"]
+    assert scan_jobs.scan_job("acme/widget", "timer", NOW)["id"] != scan["id"]
     long_repo = "o" * 39 + "/" + "n" * 100
-    assert len(cli.scan_job(long_repo, "operator", NOW)["id"]) == 128
+    assert len(scan_jobs.scan_job(long_repo, "operator", NOW)["id"]) == 128
 
-    retest = cli.retest_job("acme/widget", 42, ["debian-12/default"], now=NOW)
+    retest = scan_jobs.retest_job("acme/widget", 42, ["debian-12/default"], now=NOW)
     assert retest["id"].startswith("retest-20240501T123000Z-acme_widget-42-")
     assert {k: v for k, v in retest.items() if k != "id"} == {
         "version": 1, "kind": "scan", "repo": "acme/widget", "pull": 42,
@@ -158,8 +159,8 @@ def test_scan_and_retest_jobs(monkeypatch):
 
 
 def test_scan_fresh_and_rebuild():
-    assert cli.scan_job("acme/widget", "operator", NOW, fresh=True)["args"] == {"trigger": "operator", "fresh": True}
-    assert cli.scan_job("acme/widget", "operator", NOW, rebuild=True)["args"] == {"trigger": "operator", "rebuild": True}
+    assert scan_jobs.scan_job("acme/widget", "operator", NOW, fresh=True)["args"] == {"trigger": "operator", "fresh": True}
+    assert scan_jobs.scan_job("acme/widget", "operator", NOW, rebuild=True)["args"] == {"trigger": "operator", "rebuild": True}
     args = cli.parse_args(["--config", "c.yml", "scan", "--rebuild", "acme/widget"])
     assert args.rebuild is True and args.fresh is False and args.repos == ["acme/widget"]
 
@@ -168,8 +169,8 @@ def test_scan_without_repositories_needs_a_test_map(tmp_path):
     config = tmp_path / "config.yml"
     config.write_text("amqp:\n  url: amqp://127.0.0.1:1/\n")
     from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
-    with pytest.raises(cli.UsageError) as info:
-        cli.configured_repos(config_lib.load(str(config)))
+    with pytest.raises(errors.UsageError) as info:
+        scan_jobs.configured_repos(config_lib.load(str(config)))
     assert "names no testmap: give the repositories" in str(info.value)
 
 
@@ -193,7 +194,7 @@ def test_peek_reads_positions_until_the_queue_ends():
                           "payload (max 64 bytes)": '{"args":{"secrets":{"TOKEN":"tok-1'}, "result": "ok"}
     run = FakeRun([(0, json.dumps(first) + "\n", ""), (0, json.dumps(second), ""),
                    (69, "", '{"message":"Target queue does not have a message at that position","result":"error"}')])
-    rows = cli.peek("tests.public", "ci", 5, run=run)
+    rows = broker.peek("tests.public", "ci", 5, run=run)
     assert run.commands[0] == ["rabbitmq-queues", "peek", "--vhost", "ci", "tests.public", "1", "--formatter", "json"]
     assert len(run.commands) == 3
     assert rows == [
@@ -202,13 +203,13 @@ def test_peek_reads_positions_until_the_queue_ends():
 
 
 def test_peek_failures():
-    with pytest.raises(cli.CommandFailed, match="peek failed .exit 69.: .*Target queue was not found"):
-        cli.peek("q", "/", 2, run=FakeRun([(69, "", '{"message":"Target queue was not found in virtual host","result":"error"}')]))
+    with pytest.raises(errors.CommandFailed, match="peek failed .exit 69.: .*Target queue was not found"):
+        broker.peek("q", "/", 2, run=FakeRun([(69, "", '{"message":"Target queue was not found in virtual host","result":"error"}')]))
 
     def missing(command, **kwargs):
         raise FileNotFoundError(command[0])
-    with pytest.raises(cli.CommandFailed, match="--peek needs rabbitmq-queues"):
-        cli.peek("q", "/", 2, run=missing)
+    with pytest.raises(errors.CommandFailed, match="--peek needs rabbitmq-queues"):
+        broker.peek("q", "/", 2, run=missing)
 
 
 def test_scan_repositories_come_from_the_test_map(tmp_path):
@@ -220,8 +221,8 @@ def test_scan_repositories_come_from_the_test_map(tmp_path):
         "  acme/gadget:\n    branches:\n      main: [debian-12/default]\n")
     config = tmp_path / "config.yml"
     config.write_text("testmap: testmap.yml\n")
-    assert cli.configured_repos(config_lib.load(str(config))) == ["acme/widget", "acme/gadget"]
+    assert scan_jobs.configured_repos(config_lib.load(str(config))) == ["acme/widget", "acme/gadget"]
     (tmp_path / "testmap.yml").write_text("repos: [acme/widget]\n")
-    with pytest.raises(cli.UsageError) as info:
-        cli.configured_repos(config_lib.load(str(config)))
+    with pytest.raises(errors.UsageError) as info:
+        scan_jobs.configured_repos(config_lib.load(str(config)))
     assert str(tmp_path / "testmap.yml") in str(info.value)

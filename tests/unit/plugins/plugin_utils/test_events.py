@@ -8,7 +8,7 @@ import pytest
 
 from ansible_collections.testfleet.infra.plugins.plugin_utils import events
 
-from ansible_collections.testfleet.infra.plugins.module_utils import jobs
+from ansible_collections.testfleet.infra.plugins.module_utils import config, jobs, webhook_events
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[4]
 OWN_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "webhooks"
@@ -262,3 +262,43 @@ def test_an_error_status_without_a_commit_is_invalid():
     payload.update(state="error", sha="not-a-sha")
     with pytest.raises(events.InvalidDelivery):
         events.scan_job_for_delivery(delivery("status", payload))
+
+
+# A delivery of each event testfleet scans for that calls for a scan: (folder, file, changes).
+SCANNABLE = {
+    "pull_request": ("pull_request", "opened.payload.json", {}),
+    "push": ("push", "payload.json", {}),
+    "issue_comment": ("issue_comment", "created.payload.json", {}),
+    "status": ("status", "payload.json", {"state": "error"}),
+}
+
+
+def test_the_handlers_are_the_event_list():
+    """The worker has a handler for each event the webhook lets through to be scanned, and a
+    reason for each one it lets through without a scan: no more, no fewer."""
+    assert sorted(events.HANDLERS) == sorted(webhook_events.SCANNED), \
+        "events.HANDLERS and webhook_events.SCANNED name different events"
+    assert sorted(events.IGNORED) == sorted(webhook_events.ACKNOWLEDGED), \
+        "events.IGNORED and webhook_events.ACKNOWLEDGED name different events"
+    assert sorted(SCANNABLE) == sorted(webhook_events.SCANNED), "give SCANNABLE a delivery of each scanned event"
+
+
+def test_the_webhook_filter_is_the_event_list():
+    assert config.DEFAULT_EVENTS == webhook_events.default_filter()
+    assert sorted(config.DEFAULT_EVENTS) == sorted(set(webhook_events.SCANNED) | set(webhook_events.ACKNOWLEDGED))
+
+
+@pytest.mark.parametrize("event", sorted(SCANNABLE))
+def test_each_handler_scans_exactly_the_listed_actions(event):
+    folder, name, changes = SCANNABLE[event]
+    payload = dict(json.loads((OWN_FIXTURES / folder / name).read_text()), **changes)
+    actions = webhook_events.SCANNED.get(event)
+    for action in actions or [payload.get("action")]:
+        payload["action"] = action
+        job, why = events.scan_job_for_delivery(delivery(event, payload))
+        assert job is not None, "%s %s passes the webhook's filter, but the worker scans nothing: %s" % (
+            event, action, why)
+    if actions:
+        payload["action"] = "not_listed"
+        job, why = events.scan_job_for_delivery(delivery(event, payload))
+        assert job is None, "%s not_listed is not in the webhook's filter, but the worker scans it" % event
