@@ -81,7 +81,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     HAS_GITHUB = False
     GITHUB_IMPORT_ERROR = exc
 
-from ansible_collections.testfleet.infra.plugins.module_utils.files import write_atomic
+from ansible_collections.testfleet.infra.plugins.module_utils import files
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
@@ -215,14 +215,11 @@ def _check_api_url(api_url):
     return api_url.rstrip("/")
 
 
-def _read_secret_file(path, option):
+def _read_secret(path, what):
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ForgeError("cannot read %s %s: %s" % (option, path, exc.strerror or exc.__class__.__name__)) from None
-    except UnicodeDecodeError:
-        raise ForgeError("%s %s is not UTF-8 text" % (option, path)) from None
+        return files.read_secret(path, what)
+    except files.FileProblem as exc:
+        raise ForgeError(str(exc)) from None
 
 
 def _check_token(token, source):
@@ -316,7 +313,7 @@ class EtagCache:
         if not self.directory:
             return
         try:
-            write_atomic(self._file(key), json.dumps(entry), fsync=False)
+            files.write_atomic(self._file(key), json.dumps(entry), fsync=False)
         except OSError as exc:
             LOG.warning("cannot write the ETag cache in %s: %s", self.directory, exc.strerror)
 
@@ -355,7 +352,7 @@ class ForgeClient:
         if len(given) > 1:
             raise ForgeError("give only one of token, token_file and app_id, not %s" % " and ".join(given))
         if token_file is not None:
-            token = _check_token(_read_secret_file(token_file, "token_file"), "token_file %s" % token_file)
+            token = _check_token(_read_secret(token_file, "GitHub token"), "token_file %s" % token_file)
         elif token is not None:
             token = _check_token(token, "the token option")
         if token is not None:
@@ -383,8 +380,8 @@ class ForgeClient:
             installation_id = int(installation_id)
         except (TypeError, ValueError):
             raise ForgeError("installation_id must be a number, not %r" % (installation_id,)) from None
-        key = _read_secret_file(app_key_file, "app_key_file")
-        self._secrets.add(key.strip())
+        key = _read_secret(app_key_file, "GitHub App key")
+        self._secrets.add(key)
         try:
             auth = github.Auth.AppAuth(str(app_id), key)
             auth.create_jwt()

@@ -20,13 +20,7 @@ from __future__ import annotations
 
 import re
 
-try:
-    import yaml
-    HAS_YAML = True
-except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
-    yaml = None
-    HAS_YAML = False
-
+from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 
 DEFAULT_REFS_FILE = ".testfleet/images.yml"
@@ -40,13 +34,13 @@ class RefsFileError(ValueError):
 
 
 def parse_refs(text, source=DEFAULT_REFS_FILE):
-    """``{name: ImageRef}`` of the file's text (``""`` or None: an empty mapping)."""
-    if not HAS_YAML:  # pragma: no cover
-        raise RefsFileError("reading %s needs PyYAML" % source)
+    """``{name: ImageRef}`` of the file's text (``""`` or None: an empty mapping).
+
+    Parsed strictly: an image named twice is an error, not the last reference kept."""
     try:
-        data = yaml.safe_load(text or "")
-    except yaml.YAMLError as exc:
-        raise RefsFileError("%s is not valid YAML: %s" % (source, str(exc).replace("\n", " "))) from None
+        data = files.load_yaml(text or "", source)
+    except files.FileProblem as exc:
+        raise RefsFileError(str(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -39,10 +39,9 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from urllib.parse import unquote, urlsplit
 
-from ansible_collections.testfleet.infra.plugins.module_utils.files import fsync_dir, remove_quietly
+from ansible_collections.testfleet.infra.plugins.module_utils.files import atomic_file, remove_quietly
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -439,52 +438,34 @@ class DirectoryStore(ImageStore):
             raise self._fail("create", folder, exc)
         return folder
 
-    def _commit(self, tmp, file_name):
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self._path(file_name))
-        fsync_dir(self.root)
+    def _new_file(self, file_name):
+        """A stream whose bytes become ``file_name`` when its block ends without error; they
+        are written in ``.incoming/`` (see :meth:`stale_incoming`) until then."""
+        return atomic_file(self._path(file_name), mode=0o644, prefix=file_name + ".", folder=self._incoming())
 
     def put_bytes(self, file_name, data):
-        path = self._path(file_name)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=file_name + ".", dir=self._incoming())
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                self._commit(tmp, file_name)
-            except BaseException:
-                remove_quietly(tmp)
-                raise
+            with self._new_file(file_name) as handle:
+                handle.write(data)
         except OSError as exc:
-            raise self._fail("write", path, exc)
+            raise self._fail("write", self._path(file_name), exc)
 
     def put_file(self, ref, path, size, progress=None):
         """Copy the qcow2 at ``path`` in, hashing it on the way; it gets its name only when
         the copy has ``size`` bytes that hash to ``ref.sha256``."""
-        target = self._path(ref.image_file)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=ref.image_file + ".", dir=self._incoming())
-            try:
-                with open(path, "rb") as source, os.fdopen(fd, "wb") as handle:
-                    reader = _HashingReader(source)
-                    while True:
-                        data = reader.read(CHUNK)
-                        if not data:
-                            break
-                        handle.write(data)
-                        if progress is not None:
-                            progress(reader.count, size)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            with open(path, "rb") as source, self._new_file(ref.image_file) as handle:
+                reader = _HashingReader(source)
+                while True:
+                    data = reader.read(CHUNK)
+                    if not data:
+                        break
+                    handle.write(data)
+                    if progress is not None:
+                        progress(reader.count, size)
                 _check_transfer(reader, ref, size, "copy to %s" % self.root)
-                self._commit(tmp, ref.image_file)
-            except BaseException:
-                remove_quietly(tmp)
-                raise
         except OSError as exc:
-            raise self._fail("write", target, exc)
+            raise self._fail("write", self._path(ref.image_file), exc)
 
     def read(self, file_name, offset=0):
         path = self._path(file_name)

@@ -87,6 +87,7 @@ except ImportError:
 
 from ansible.module_utils.urls import open_url
 
+from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
@@ -371,20 +372,12 @@ def parse_recipe(data, source="recipe", base_dir=None):
 
 
 def load_recipe(path):
-    """Read and validate the recipe file at ``path`` (YAML); relative ``src`` are next to it."""
-    if not HAS_YAML:
-        raise RecipeError("the Python library PyYAML is required to read %s" % path)
+    """Read and validate the recipe file at ``path`` (YAML, a key given twice is an error);
+    relative ``src`` are next to it."""
     try:
-        with open(path, "rb") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise RecipeError("cannot read the recipe %s: %s" % (path, exc.strerror or exc))
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = " line %d column %d" % (mark.line + 1, mark.column + 1) if mark else ""
-        raise RecipeError("%s:%s is not valid YAML: %s" % (path, where, getattr(exc, "problem", None) or exc))
+        data = files.load_yaml_file(path, "recipe")
+    except files.FileProblem as exc:
+        raise RecipeError(str(exc)) from None
     return parse_recipe(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
@@ -671,8 +664,8 @@ def debootstrap_rootfs(recipe, rootfs, cache_dir, steps, refresh=False, keep=3):
             partial = tarball + ".part"
             steps.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cpf", partial, "-C", rootfs, "."],
                       "saving the base to %s" % partial)
-            _write(tarball + ".json", json.dumps(made) + "\n")
-            os.replace(partial, tarball)
+            files.write_atomic(tarball + ".json", json.dumps(made) + "\n", mode=0o644)
+            files.rename_into_place(partial, tarball)
             _prune_base_cache(cache_dir, keep)
         info.update(cached=False, **made)
         return info
@@ -871,7 +864,7 @@ def download_verified(url, sha256, target, progress=None, timeout=60.0, chunk=10
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise BuildError("%s hashes to %s, not to the recipe's sha256 %s: not used" % (url, digest.hexdigest(), sha256))
-    os.replace(partial, target)
+    files.rename_into_place(partial, target)
     return done
 
 
@@ -944,7 +937,7 @@ class SeedServer:
     guest reaches it as 10.0.2.2 (QEMU's user-mode network). ``url`` is what the guest uses."""
 
     def __init__(self, user_data, instance_id):
-        files = {"/meta-data": ("instance-id: %s\nlocal-hostname: %s\n" % (instance_id, instance_id)).encode("utf-8"),
+        documents = {"/meta-data": ("instance-id: %s\nlocal-hostname: %s\n" % (instance_id, instance_id)).encode("utf-8"),
                  "/user-data": user_data.encode("utf-8"), "/vendor-data": b""}
         self.requests = []
         seen = self.requests
@@ -952,7 +945,7 @@ class SeedServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 seen.append(self.path)
-                body = files.get(self.path.split("?")[0])
+                body = documents.get(self.path.split("?")[0])
                 self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Length", str(len(body or b"")))
                 self.end_headers()
@@ -1086,15 +1079,13 @@ def build_image(recipe, output_dir, cache_dir, work_dir, steps, accel="auto", kv
             sha = images.file_sha256(temp_image)
         size = os.stat(temp_image).st_size
         final = os.path.join(output_dir, images.image_file_name(recipe.name, sha))
-        os.chmod(temp_image, 0o644)
-        os.replace(temp_image, final)
+        files.rename_into_place(temp_image, final, mode=0o644)
         manifest = images.make_manifest(
             recipe.name, sha, size, recipe_sha256=recipe.sha256, base=base, packages=packages,
             recipe_packages=list(recipe.data["packages"]), boot=boot, user=recipe.user["name"],
             boot_check=checked, build_seconds=round(time.monotonic() - began, 1), recipe=_recipe_summary(recipe))
         manifest_path = os.path.join(output_dir, images.manifest_file_name(recipe.name, sha))
-        _write(manifest_path + ".part", images.manifest_bytes(manifest))
-        os.replace(manifest_path + ".part", manifest_path)
+        files.write_atomic(manifest_path, images.manifest_bytes(manifest), mode=0o644)
         return final, manifest
     finally:
         with contextlib.suppress(OSError):

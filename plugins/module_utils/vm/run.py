@@ -51,6 +51,8 @@ import tempfile
 import threading
 import time
 
+from ansible_collections.testfleet.infra.plugins.module_utils.files import write_atomic
+
 DEFAULT_QEMU = "qemu-system-x86_64"
 FW_CFG_AUTHORIZED_KEYS = "opt/org.testfleet/authorized_keys"
 FW_CFG_HOST_KEY = "opt/org.testfleet/ssh_host_ed25519_key"
@@ -165,11 +167,7 @@ def _run(argv, what, timeout=120):
 
 
 def _write_json(path, data):
-    partial = path + ".part"
-    with open(partial, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-    os.replace(partial, path)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=0o644, fsync=False)
 
 
 def read_json(path):

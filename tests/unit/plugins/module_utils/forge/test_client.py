@@ -389,7 +389,7 @@ def test_a_github_app_with_the_wrong_key_is_refused_clearly(gh, app_key, tmp_pat
 def test_bad_settings_are_refused_without_echoing_secrets(gh, tmp_path):
     with pytest.raises(ForgeError, match="only one of token, token_file and app_id"):
         ForgeClient(api_url=gh.url, token="a", token_file="/nonexistent")
-    with pytest.raises(ForgeError, match="cannot read token_file /nonexistent: No such file or directory"):
+    with pytest.raises(ForgeError, match="cannot read the GitHub token file /nonexistent: No such file or directory"):
         ForgeClient(api_url=gh.url, token_file="/nonexistent")
     spaced = tmp_path / "token"
     spaced.write_text("ghp_half secret\n")
