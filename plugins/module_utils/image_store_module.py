@@ -6,7 +6,7 @@
 A module builds ``ImageStoreModule(argument_spec={...its own options...}, ...)``: the options of
 the ``testfleet.infra.image_store`` doc fragment are added, :meth:`ImageStoreModule.store` opens
 the store (reading ``secret_key_file``; a missing boto3 fails with ``missing_required_lib``) and
-:meth:`ImageStoreModule.fail_image` turns an :class:`~images.ImageError` into ``fail_json``.
+:meth:`ImageStoreModule.fail_image` turns an :class:`~image_naming.ImageError` into ``fail_json``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 IMAGE_STORE_ARGUMENT_SPEC = dict(
     store_url=dict(type="str"),
@@ -78,7 +79,7 @@ class ImageStoreModule(AnsibleModule):
         except images.MissingLibrary as exc:
             self.fail_json(msg=missing_required_lib(exc.library),
                            exception="".join(traceback.format_exception(None, exc.error, exc.error.__traceback__)))
-        except images.ImageError as exc:
+        except image_naming.ImageError as exc:
             self.fail_image(exc)
 
     def fail_image(self, error, **result):

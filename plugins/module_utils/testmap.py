@@ -48,7 +48,7 @@ import fnmatch
 import re
 
 from ansible_collections.testfleet.infra.plugins.module_utils import files
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
 from ansible_collections.testfleet.infra.plugins.module_utils import topology
 
@@ -237,7 +237,7 @@ def _context(path, value, defaults, manual):
     image = None
     if "image" in value:
         image = value["image"]
-        if not isinstance(image, str) or not images.NAME_RE.match(image):
+        if not isinstance(image, str) or not image_naming.NAME_RE.match(image):
             raise _Invalid(_join(path, "image"), "must be an image name (1-64 lowercase letters, digits, '.', '_', "
                                                  "'-'), not %r" % (image,))
     return ContextSpec(name, queue, timeout, args, manual, image)

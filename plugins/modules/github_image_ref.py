@@ -156,7 +156,7 @@ requests:
 
 from ansible_collections.testfleet.infra.plugins.module_utils.forge import client as forge
 from ansible_collections.testfleet.infra.plugins.module_utils.images import refs as image_refs
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 from ansible_collections.testfleet.infra.plugins.module_utils.forge_module import ForgeModule
 
 
@@ -197,8 +197,8 @@ class ImageRefChange:
         self.repo = params["repo"]
         self.path = params["refs_file"].lstrip("/")
         try:
-            self.ref = images.parse_image_ref(params["image"])
-        except images.ImageNameError as exc:
+            self.ref = image_naming.parse_image_ref(params["image"])
+        except image_naming.ImageNameError as exc:
             module.fail_json(msg="image: %s" % exc)
         if self.ref.name is None:
             module.fail_json(msg="image must be <name>-<sha256> (the name says which entry of %s to change), not a "

@@ -176,7 +176,7 @@ duration:
 import os
 import time
 
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ImageCache, ProgressLog
 from ansible_collections.testfleet.infra.plugins.module_utils.image_store_module import ImageStoreModule
 
@@ -199,8 +199,8 @@ def main():
     params = module.params
     started = time.monotonic()
     try:
-        ref = images.ImageRef(images.check_name(params["name"]), images.check_sha256(params["sha256"].lower()))
-    except images.ImageNameError as exc:
+        ref = image_naming.ImageRef(image_naming.check_name(params["name"]), image_naming.check_sha256(params["sha256"].lower()))
+    except image_naming.ImageNameError as exc:
         module.fail_json(msg=str(exc))
     cache = ImageCache(params["cache_dir"])
     store = module.store()
@@ -210,7 +210,7 @@ def main():
     try:
         outcome = cache.fetch(store, ref, verify=params["verify"], lock_timeout=params["lock_timeout"],
                               retries=max(0, params["retries"]), progress=progress, check_mode=module.check_mode)
-    except images.ImageError as exc:
+    except image_naming.ImageError as exc:
         module.fail_image(exc, name=ref.name, sha256=ref.sha256, path=cache.image_path(ref))
     if outcome["replaced_corrupt"]:
         before = "corrupt"

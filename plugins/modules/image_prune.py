@@ -142,6 +142,7 @@ import os
 import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import CacheBusy, ImageCache
 from ansible_collections.testfleet.infra.plugins.module_utils.image_store_module import ImageStoreModule
 
@@ -155,7 +156,7 @@ class Keep:
         self.refs = set()
         self.hashes = set()
         for entry in entries:
-            ref = images.parse_image_ref(entry)
+            ref = image_naming.parse_image_ref(entry)
             if ref.name is None:
                 self.hashes.add(ref.sha256)
             else:
@@ -266,7 +267,7 @@ def main():
         module.fail_json(msg="keep is empty: refusing to prune every image (set allow_empty_keep: true if that is meant)")
     try:
         keep = Keep(params["keep"])
-    except images.ImageNameError as exc:
+    except image_naming.ImageNameError as exc:
         module.fail_json(msg="keep: %s" % exc)
     now = time.time()
     cutoff = now - params["older_than_days"] * DAY
@@ -279,7 +280,7 @@ def main():
                 result.update(cache_removed=[], cache_kept=[], cache_partials_removed=[])
             else:
                 prune_cache(module, keep, cutoff, now, result)
-    except images.ImageError as exc:
+    except image_naming.ImageError as exc:
         module.fail_image(exc, **result)
     result["changed"] = bool(result.get("store_removed") or result.get("store_incoming_removed")
                              or result.get("cache_removed") or result.get("cache_partials_removed"))

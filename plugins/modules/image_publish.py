@@ -151,6 +151,7 @@ duration:
 import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
 from ansible_collections.testfleet.infra.plugins.module_utils.image_store_module import ImageStoreModule
 
@@ -184,17 +185,17 @@ def main():
     if params["concurrency"] < 1:
         module.fail_json(msg="concurrency must be at least 1")
     try:
-        ref = images.parse_image_file_name(params["image"].rstrip("/").rsplit("/", 1)[-1])
-    except images.ImageNameError as exc:
+        ref = image_naming.parse_image_file_name(params["image"].rstrip("/").rsplit("/", 1)[-1])
+    except image_naming.ImageNameError as exc:
         module.fail_json(msg="image: %s" % exc)
     manifest = None
     if params["manifest"]:
         try:
             with open(params["manifest"], "rb") as handle:
-                manifest = images.parse_manifest(handle.read(), ref, source=params["manifest"])
+                manifest = image_naming.parse_manifest(handle.read(), ref, source=params["manifest"])
         except OSError as exc:
             module.fail_json(msg="cannot read the manifest %s: %s" % (params["manifest"], exc.strerror or exc))
-        except images.ImageError as exc:
+        except image_naming.ImageError as exc:
             module.fail_image(exc)
 
     store = module.store(part_size=params["part_size_mib"] * images.MIB, concurrency=params["concurrency"])
@@ -208,7 +209,7 @@ def main():
     try:
         outcome = images.publish_image(store, params["image"], manifest=manifest, check_mode=module.check_mode,
                                        progress=progress)
-    except images.ImageError as exc:
+    except image_naming.ImageError as exc:
         module.fail_image(exc, name=ref.name, sha256=ref.sha256)
     if outcome["changed"] and not module.check_mode:
         module.log("image_publish: %s -> %s (%s)" % (ref.image_file, store.describe(), ", ".join(outcome["uploaded"])))

@@ -317,7 +317,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
 
@@ -326,13 +326,13 @@ from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as v
 
 def _manifest_of(image):
     try:
-        ref = images.parse_image_file_name(os.path.basename(image))
-    except images.ImageNameError:
+        ref = image_naming.parse_image_file_name(os.path.basename(image))
+    except image_naming.ImageNameError:
         return None
     path = os.path.join(os.path.dirname(image), ref.manifest_file)
     try:
         with open(path, "rb") as handle:
-            return images.parse_manifest(handle.read(), ref, source=path)
+            return image_naming.parse_manifest(handle.read(), ref, source=path)
     except OSError:
         return None
 

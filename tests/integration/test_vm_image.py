@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 
@@ -61,7 +61,7 @@ def _helper(collections_path, code, *args):
 
 @needs_qemu
 def test_vm_runs_on_an_overlay_and_stops_with_its_process_group(tmp_path, blank_image):
-    before = images.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns
+    before = image_naming.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns
     run_dir = tmp_path / "run"
     with vm_run.VirtualMachine(blank_image, str(run_dir), accel="tcg", name="blank") as vm:
         pid = vm.proc.pid
@@ -78,7 +78,7 @@ def test_vm_runs_on_an_overlay_and_stops_with_its_process_group(tmp_path, blank_
             vm.wait_for_ssh(timeout=1)
     assert _gone(pid, start, within=1)
     assert not run_dir.exists()
-    assert (images.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns) == before  # never written
+    assert (image_naming.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns) == before  # never written
 
 
 @needs_qemu
@@ -288,9 +288,9 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
     built = json.loads((tmp_path / "built.json").read_text())
     assert built["changed"] is True
     path, manifest = built["path"], built["manifest"]
-    ref = images.parse_image_file_name(os.path.basename(path))
-    assert ref.name == "tftest-debian-12" and images.file_sha256(path) == ref.sha256 == manifest["sha256"]
-    assert os.path.basename(built["manifest_path"]) == images.manifest_file_name(ref.name, ref.sha256)
+    ref = image_naming.parse_image_file_name(os.path.basename(path))
+    assert ref.name == "tftest-debian-12" and image_naming.file_sha256(path) == ref.sha256 == manifest["sha256"]
+    assert os.path.basename(built["manifest_path"]) == image_naming.manifest_file_name(ref.name, ref.sha256)
     assert manifest["recipe_sha256"] == built["recipe_sha256"] and manifest["size"] == os.path.getsize(path)
     assert manifest["base"]["kind"] == "debootstrap" and manifest["base"]["suite"] == "bookworm"
     assert any(package.startswith("openssh-server=") for package in manifest["packages"])
@@ -330,7 +330,7 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
     assert (tmp_path / "job.json.uname").read_text().strip() == manifest["boot_check"]["kernel_release"]
     assert set(vm["forwarded_ports"]) == {"8080"}
     assert not vm_run.process_alive(vm["qemu_pid"]) and not (state_dir / "job-1").exists()
-    assert images.file_sha256(path) == ref.sha256  # the image was never written
+    assert image_naming.file_sha256(path) == ref.sha256  # the image was never written
 
     # a job killed while its VM runs: the VM goes with it
     job_vars.update(vm_name="job-2", keep_running=True, result_file=str(tmp_path / "job2.json"))

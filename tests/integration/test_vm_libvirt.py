@@ -29,7 +29,7 @@ import types
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
 
@@ -170,7 +170,7 @@ def _start_detached(collections_path, image, run_dir, name):
 
 
 def test_a_transient_domain_goes_with_its_keeper(tmp_path, blank_image, collections_path, libvirtd):
-    before = images.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns, os.stat(blank_image).st_uid
+    before = image_naming.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns, os.stat(blank_image).st_uid
     killed = _start_detached(collections_path, blank_image, tmp_path / "killed", "blank-killed")
     asked = _start_detached(collections_path, blank_image, tmp_path / "asked", "blank-asked")
     try:
@@ -196,7 +196,7 @@ def test_a_transient_domain_goes_with_its_keeper(tmp_path, blank_image, collecti
         for name in ("killed", "asked"):
             vm_libvirt.stop_detached(str(tmp_path / name))
     # libvirt relabelled nothing and wrote nothing
-    assert (images.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns, os.stat(blank_image).st_uid) == before
+    assert (image_naming.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns, os.stat(blank_image).st_uid) == before
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
@@ -335,8 +335,8 @@ def _playbook(tmp_path, collections_path, extra, name):
 def test_a_job_boots_an_image_through_libvirt_and_the_vm_goes_with_the_job(tmp_path, collections_path, libvirtd,
                                                                            debian_image):
     path, manifest = debian_image
-    sha256 = images.parse_image_file_name(os.path.basename(path)).sha256
-    assert images.file_sha256(path) == sha256
+    sha256 = image_naming.parse_image_file_name(os.path.basename(path)).sha256
+    assert image_naming.file_sha256(path) == sha256
     state_dir = tmp_path / "vms"
     job_vars = {"image": path, "state_dir": str(state_dir), "boot_cache_dir": str(tmp_path / "boot"),
                 "probe_file": os.path.join(CACHE_DIR, "kvm-probe.json"), "vm_name": "lv-1",
@@ -357,7 +357,7 @@ def test_a_job_boots_an_image_through_libvirt_and_the_vm_goes_with_the_job(tmp_p
     assert vm["libvirt"]["domain"] in result["running_vms"] and result["status"] == "running"
     assert set(vm["forwarded_ports"]) == {"8080"} and vm["ssh"]["host"] == "127.0.0.1"
     assert _domain(vm["libvirt"]["uuid"]) is None and not (state_dir / "lv-1").exists()
-    assert images.file_sha256(path) == sha256  # the image was never written
+    assert image_naming.file_sha256(path) == sha256  # the image was never written
 
     # a job killed while its VM runs: the domain goes with it
     job_vars.update(vm_name="lv-2", keep_running=True, result_file=str(tmp_path / "job2.json"))
@@ -370,7 +370,7 @@ def test_a_job_boots_an_image_through_libvirt_and_the_vm_goes_with_the_job(tmp_p
         state = vm_run.read_state(str(state_dir / "lv-2"))
         assert state["running"] and state["backend"] == "libvirt"
         assert _domain(killed["libvirt"]["uuid"])["active"]
-        assert images.file_sha256(path) == sha256  # not written while a VM of it runs either
+        assert image_naming.file_sha256(path) == sha256  # not written while a VM of it runs either
         os.killpg(job.pid, signal.SIGKILL)  # as a worker cancels a job it has to
         job.wait(30)
         assert _wait(lambda: _domain(killed["libvirt"]["uuid"]) is None, 15), "the domain outlived the killed job"
@@ -382,7 +382,7 @@ def test_a_job_boots_an_image_through_libvirt_and_the_vm_goes_with_the_job(tmp_p
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
         vm_libvirt.stop_detached(str(state_dir / "lv-2"))
-    assert images.file_sha256(path) == sha256
+    assert image_naming.file_sha256(path) == sha256
     print("\nlibvirt vm test: libvirt start (createXML) %.2f s and %.2f s, boot to SSH %.1f s and %.1f s (%s)"
           % (vm["libvirt"]["start_s"], killed["libvirt"]["start_s"], vm["boot_to_ssh_s"], killed["boot_to_ssh_s"],
              vm["accel"]))

@@ -39,18 +39,20 @@ import os
 import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils.files import remove_quietly, rename_into_place, write_atomic
-from ansible_collections.testfleet.infra.plugins.module_utils.images.store import (
+from ansible_collections.testfleet.infra.plugins.module_utils.images.naming import (
     CHUNK,
     ImageError,
     ImageNameError,
-    ImageNotFound,
-    ImageStoreError,
-    IntegrityError,
     file_sha256,
     manifest_bytes,
     parse_image_file_name,
     parse_manifest,
     utc_now_iso,
+)
+from ansible_collections.testfleet.infra.plugins.module_utils.images.store import (
+    ImageNotFound,
+    ImageStoreError,
+    IntegrityError,
 )
 
 STATE = ".state"

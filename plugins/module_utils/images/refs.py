@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 
 from ansible_collections.testfleet.infra.plugins.module_utils import files
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 DEFAULT_REFS_FILE = ".testfleet/images.yml"
 # A top-level entry written in block style: key, colon, value, optional comment.
@@ -49,14 +49,14 @@ def parse_refs(text, source=DEFAULT_REFS_FILE):
     refs = {}
     for key, value in data.items():
         try:
-            name = images.check_name(key) if isinstance(key, str) else None
-        except images.ImageNameError:
+            name = image_naming.check_name(key) if isinstance(key, str) else None
+        except image_naming.ImageNameError:
             name = None
         if name is None:
             raise RefsFileError("%s: %r is not an image name" % (source, key))
         try:
-            ref = images.parse_image_ref(value) if isinstance(value, str) else None
-        except images.ImageNameError:
+            ref = image_naming.parse_image_ref(value) if isinstance(value, str) else None
+        except image_naming.ImageNameError:
             ref = None
         if ref is None or ref.name != name:
             raise RefsFileError("%s: %s must be %s-<sha256>, not %r" % (source, name, name, value))
@@ -89,7 +89,7 @@ def set_ref(text, ref, source=DEFAULT_REFS_FILE):
             text += "\n"
         result = "%s%s: %s\n" % (text, ref.name, wanted)
     after = parse_refs(result, source)
-    expected = dict(before, **{ref.name: images.parse_image_ref(wanted)})
+    expected = dict(before, **{ref.name: image_naming.parse_image_ref(wanted)})
     if after != expected:
         raise RefsFileError("%s: changing the entry of %s would change other entries; edit it by hand"
                             % (source, ref.name))

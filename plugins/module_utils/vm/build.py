@@ -5,7 +5,7 @@
 
 A recipe (YAML, or the same mapping in a playbook) says what goes into an image::
 
-    name: debian-12-minimal            # the image's name (images.NAME_RE)
+    name: debian-12-minimal            # the image's name (image_naming.NAME_RE)
     base:                              # exactly one of:
       debootstrap:                     #   Debian and Ubuntu, made from packages
         suite: bookworm
@@ -88,7 +88,7 @@ except ImportError:
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.testfleet.infra.plugins.module_utils import files
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 
@@ -347,8 +347,8 @@ def parse_recipe(data, source="recipe", base_dir=None):
         if key not in data:
             raise RecipeError("%s: %s is required" % (source, key))
     try:
-        name = images.check_name(data["name"])
-    except images.ImageNameError as exc:
+        name = image_naming.check_name(data["name"])
+    except image_naming.ImageNameError as exc:
         raise RecipeError("%s: %s" % (_where(source, "name"), exc))
     base = _parse_base(data["base"], source)
     packages = _string_list(data.get("packages"), source, "packages", _PACKAGE_RE, "a package name")
@@ -393,20 +393,20 @@ def find_built(output_dir, recipe):
     except FileNotFoundError:
         return None
     for entry in entries:
-        if not entry.name.startswith(prefix) or not entry.name.endswith(images.MANIFEST_SUFFIX):
+        if not entry.name.startswith(prefix) or not entry.name.endswith(image_naming.MANIFEST_SUFFIX):
             continue
         try:
-            ref = images.parse_image_file_name(entry.name)
+            ref = image_naming.parse_image_file_name(entry.name)
             if ref.name != recipe.name:
                 continue
             with open(entry.path, "rb") as handle:
-                manifest = images.parse_manifest(handle.read(), ref, source=entry.path)
+                manifest = image_naming.parse_manifest(handle.read(), ref, source=entry.path)
             if manifest["recipe_sha256"] != recipe.sha256:
                 continue
             image_path = os.path.join(output_dir, ref.image_file)
             if os.stat(image_path).st_size != manifest["size"]:
                 continue
-        except (OSError, images.ImageError):
+        except (OSError, image_naming.ImageError):
             continue
         found.append((manifest.get("built_at") or "", image_path, manifest))
     if not found:
@@ -659,7 +659,7 @@ def debootstrap_rootfs(recipe, rootfs, cache_dir, steps, refresh=False, keep=3):
         with steps.step("debootstrap", "debootstrap %s from %s (%d packages asked for; a few minutes)"
                         % (spec["suite"], spec["mirror"], len(recipe.all_packages()))):
             steps.run([arg for arg in argv if arg], "debootstrap of %s" % spec["suite"], timeout=3600)
-        made = {"debootstrapped_at": images.utc_now_iso()}
+        made = {"debootstrapped_at": image_naming.utc_now_iso()}
         with steps.step("base-cache", "keeping the base as %s" % os.path.basename(tarball)):
             partial = tarball + ".part"
             steps.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cpf", partial, "-C", rootfs, "."],
@@ -876,7 +876,7 @@ def cloud_base_image(recipe, cache_dir, steps, progress=None):
     with locked(target + ".lock", what="the cloud image cache"):
         if os.path.exists(target):
             with steps.step("base", "checking the cached %s" % os.path.basename(target)):
-                if images.file_sha256(target) == spec["sha256"]:
+                if image_naming.file_sha256(target) == spec["sha256"]:
                     return target
                 os.unlink(target)
         with steps.step("download", "downloading %s" % spec["url"]):
@@ -1017,7 +1017,7 @@ def check_image(image, boot, recipe, run_dir, accel, accel_reason, timeout=600, 
     except vm_run.VmError as exc:
         raise BuildError("the boot check failed: %s" % exc)
     return {"accel": accel, "accel_reason": accel_reason, "boot_to_ssh_s": seconds, "kernel_release": uname,
-            "checked_at": images.utc_now_iso(), "check": recipe.data["check"]}
+            "checked_at": image_naming.utc_now_iso(), "check": recipe.data["check"]}
 
 
 # --- the whole build ----------------------------------------------------------------------------
@@ -1076,16 +1076,16 @@ def build_image(recipe, output_dir, cache_dir, work_dir, steps, accel="auto", kv
             checked = check_image(temp_image, check_boot, recipe, os.path.join(work, "boot-check"), chosen, reason,
                                   timeout=boot_timeout, memory=memory, cpus=cpus, qemu=qemu)
         with steps.step("hash", "SHA-256 of the image"):
-            sha = images.file_sha256(temp_image)
+            sha = image_naming.file_sha256(temp_image)
         size = os.stat(temp_image).st_size
-        final = os.path.join(output_dir, images.image_file_name(recipe.name, sha))
+        final = os.path.join(output_dir, image_naming.image_file_name(recipe.name, sha))
         files.rename_into_place(temp_image, final, mode=0o644)
-        manifest = images.make_manifest(
+        manifest = image_naming.make_manifest(
             recipe.name, sha, size, recipe_sha256=recipe.sha256, base=base, packages=packages,
             recipe_packages=list(recipe.data["packages"]), boot=boot, user=recipe.user["name"],
             boot_check=checked, build_seconds=round(time.monotonic() - began, 1), recipe=_recipe_summary(recipe))
-        manifest_path = os.path.join(output_dir, images.manifest_file_name(recipe.name, sha))
-        files.write_atomic(manifest_path, images.manifest_bytes(manifest), mode=0o644)
+        manifest_path = os.path.join(output_dir, image_naming.manifest_file_name(recipe.name, sha))
+        files.write_atomic(manifest_path, image_naming.manifest_bytes(manifest), mode=0o644)
         return final, manifest
     finally:
         with contextlib.suppress(OSError):

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import yaml
 
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import build as vm_build
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
@@ -340,12 +340,12 @@ def test_cloud_base_image_is_cached_and_rechecked(tmp_path):
 
 def _fake_build(folder, recipe, data=b"qcow2 bytes", built_at=None, size=None):
     sha = hashlib.sha256(data).hexdigest()
-    (folder / images.image_file_name(recipe.name, sha)).write_bytes(data)
-    manifest = images.make_manifest(recipe.name, sha, len(data) if size is None else size,
+    (folder / image_naming.image_file_name(recipe.name, sha)).write_bytes(data)
+    manifest = image_naming.make_manifest(recipe.name, sha, len(data) if size is None else size,
                                     recipe_sha256=recipe.sha256, base={"kind": "debootstrap"}, packages=[],
                                     built_at=built_at)
-    (folder / images.manifest_file_name(recipe.name, sha)).write_bytes(images.manifest_bytes(manifest))
-    return str(folder / images.image_file_name(recipe.name, sha)), manifest
+    (folder / image_naming.manifest_file_name(recipe.name, sha)).write_bytes(image_naming.manifest_bytes(manifest))
+    return str(folder / image_naming.image_file_name(recipe.name, sha)), manifest
 
 
 def test_find_built_matches_name_and_recipe_hash(tmp_path):
@@ -372,7 +372,7 @@ def test_find_built_is_fast_with_big_images(tmp_path):
     with open(path, "r+b") as handle:  # a 20 GB sparse image: hashing it would take minutes
         handle.truncate(20 * 1024 ** 3)
     manifest["size"] = 20 * 1024 ** 3
-    (tmp_path / images.manifest_file_name(recipe.name, manifest["sha256"])).write_bytes(images.manifest_bytes(manifest))
+    (tmp_path / image_naming.manifest_file_name(recipe.name, manifest["sha256"])).write_bytes(image_naming.manifest_bytes(manifest))
     for index in range(200):
         _fake_build(tmp_path, vm_build.parse_recipe(debian(revision=str(index))), b"%d" % index)
     began = time.monotonic()
@@ -437,7 +437,7 @@ def test_manifest_of_a_build_is_valid_for_the_store():
     recipe = vm_build.parse_recipe(debian(setup="echo secret-free\n"))
     summary = vm_build._recipe_summary(recipe)
     assert summary["setup"] == {"sha256": hashlib.sha256(b"echo secret-free\n").hexdigest()}
-    manifest = images.make_manifest("debian-12", "a" * 64, 10, recipe_sha256=recipe.sha256,
+    manifest = image_naming.make_manifest("debian-12", "a" * 64, 10, recipe_sha256=recipe.sha256,
                                     base={"kind": "debootstrap"}, packages=["bash=5.2"], recipe=summary,
                                     boot={"mode": "kernel", "kernel": "/boot/vmlinuz-6.1.0-50-amd64"})
-    assert json.loads(images.manifest_bytes(manifest))["recipe"]["name"] == "debian-12"
+    assert json.loads(image_naming.manifest_bytes(manifest))["recipe"]["name"] == "debian-12"
