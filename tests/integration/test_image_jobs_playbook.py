@@ -27,7 +27,7 @@ from ansible_collections.testfleet.infra.plugins.module_utils.images import nami
 
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses
 
-from ansible_collections.testfleet.infra.plugins.module_utils.vm import build as vm_build
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import recipe as vm_recipe
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import ensure_queue
 
 REPO = "org/proj"
@@ -53,7 +53,7 @@ def run_playbook(tmp_path, collections_path, name, job, config, check=False):
 def put_built_image(recipe_file, build_dir, payload):
     """An image of the recipe in the build directory, as vm_image leaves one: <name>-<sha256>.qcow2
     and its manifest (with the recipe's hash)."""
-    recipe = vm_build.load_recipe(str(recipe_file))
+    recipe = vm_recipe.load_recipe(str(recipe_file))
     sha256 = hashlib.sha256(payload).hexdigest()
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / image_naming.image_file_name(recipe.name, sha256)).write_bytes(payload)
