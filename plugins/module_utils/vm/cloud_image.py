@@ -28,6 +28,7 @@ from ansible.module_utils.urls import open_url
 
 from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import kvm
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 from ansible_collections.testfleet.infra.plugins.module_utils.vm.rootfs import SSH_KEYS_UNIT, image_fragments
 from ansible_collections.testfleet.infra.plugins.module_utils.vm.steps import BuildError, locked, output_tail
@@ -186,7 +187,7 @@ def customise_cloud_image(recipe, work_image, steps, accel, timeout=3600, qemu=N
                                        smbios=smbios_seed_argument(seed.url))
             try:
                 proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False,
-                                      preexec_fn=vm_run._die_with_parent)
+                                      preexec_fn=kvm.die_with_parent)
             except subprocess.TimeoutExpired:
                 raise BuildError("the cloud-init build did not power off within %d s: %s" % (timeout, output_tail(serial)))
             text = ""

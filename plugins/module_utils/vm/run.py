@@ -15,9 +15,9 @@ ever part of an image. Port 22 of the guest is forwarded from a free port on 127
 directory lets anyone reach the VM with ``ssh -F <run dir>/ssh_config <name>``.
 
 Acceleration: KVM when it works, else TCG (``-accel tcg -cpu max``). /dev/kvm existing is not
-enough (on some hosts KVM guests hang), so :func:`choose_accel` finds out by trying, as the
-worker role's probe does: it boots the image's kernel under KVM with no root file system and
-waits for the kernel's panic; the result is kept in a small JSON file (the worker's
+enough (on some hosts KVM guests hang), so :func:`choose_accel` finds out by trying, with the
+probe of ``vm/kvm.py`` (which the worker role runs too): it boots a kernel under KVM with no root
+file system and waits for the kernel's panic; the result is kept in a small JSON file (the worker's
 ``kvm-probe.json`` has the same shape and can be used).
 
 Teardown: QEMU runs in its own process group and gets SIGKILL when the process that started it
@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import fcntl
-import glob
 import json
 import os
 import re
@@ -52,12 +50,11 @@ import threading
 import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils.files import write_atomic
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import kvm
 
-DEFAULT_QEMU = "qemu-system-x86_64"
+DEFAULT_QEMU = kvm.DEFAULT_QEMU
 FW_CFG_AUTHORIZED_KEYS = "opt/org.testfleet/authorized_keys"
 FW_CFG_HOST_KEY = "opt/org.testfleet/ssh_host_ed25519_key"
-KVM_PANIC = b"Unable to mount root fs"
-_PR_SET_PDEATHSIG = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -66,14 +63,6 @@ class VmError(Exception):
 
 
 # --- small helpers ------------------------------------------------------------------------------
-
-def _die_with_parent():
-    """In the child before exec: SIGKILL when the parent dies (survives exec)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
 
 def process_start_time(pid):
     """The start time of a process (clock ticks since boot), or None when it does not exist:
@@ -222,32 +211,6 @@ def user_netdev(netdev_id, ssh_port=None, forwards=()):
 
 # --- KVM: does it work? -------------------------------------------------------------------------
 
-def probe_kvm(kernel, qemu=None, timeout=20.0):
-    """Boot ``kernel`` under KVM without a root file system; KVM works when the kernel reaches
-    its "Unable to mount root fs" panic within ``timeout`` seconds. Returns (works, reason)."""
-    binary = shutil.which(qemu or DEFAULT_QEMU)
-    if binary is None:
-        return False, "%s is not installed" % (qemu or DEFAULT_QEMU)
-    argv = [binary, "-machine", "pc", "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none",
-            "-no-user-config", "-serial", "stdio", "-kernel", kernel, "-append", "console=ttyS0 panic=-1 loglevel=3",
-            "-no-reboot"]
-    with tempfile.TemporaryFile() as output:
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, check=False,
-                                  preexec_fn=_die_with_parent)
-            status = proc.returncode
-        except subprocess.TimeoutExpired:
-            status = None
-        output.seek(0)
-        text = output.read()
-    if KVM_PANIC in text:
-        return True, "a KVM guest booted %s to its root-fs panic" % os.path.basename(kernel)
-    if status is None:
-        return False, "a KVM guest did not boot within %d s: it hangs" % timeout
-    last = text.decode("utf-8", "replace").strip().splitlines()
-    return False, "qemu ended with status %d before the KVM guest booted: %s" % (status, last[-1] if last else "")
-
-
 def choose_accel(accel="auto", kernel=None, probe_file=None, qemu=None, probe_timeout=20.0):
     """``(accel, reason)``: ``kvm`` or ``tcg``. ``auto`` uses KVM only when it works here: a
     probe result kept in ``probe_file`` (``{"kvm": bool, "reason": ...}``), else a probe with
@@ -263,12 +226,10 @@ def choose_accel(accel="auto", kernel=None, probe_file=None, qemu=None, probe_ti
     saved = read_json(probe_file) if probe_file else None
     if isinstance(saved, dict) and isinstance(saved.get("kvm"), bool):
         return ("kvm" if saved["kvm"] else "tcg"), "KVM probe (%s): %s" % (probe_file, saved.get("reason", ""))
-    if kernel is None:
-        found = sorted(glob.glob("/boot/vmlinuz-*"))
-        kernel = found[-1] if found else None
+    kernel = kernel or kvm.newest_host_kernel()
     if kernel is None:
         return "tcg", "no kernel to probe KVM with"
-    works, reason = probe_kvm(kernel, qemu=qemu, timeout=probe_timeout)
+    works, reason = kvm.probe(kernel, qemu=qemu, timeout=probe_timeout)
     if probe_file:
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(os.path.abspath(probe_file)), exist_ok=True)
@@ -544,7 +505,7 @@ class VirtualMachine:
                 self.started_at = time.monotonic()
                 try:
                     self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                                 start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
+                                                 start_new_session=True, preexec_fn=kvm.die_with_parent, close_fds=True)
                 except OSError as exc:
                     raise VmError("cannot run %s: %s" % (self.qemu, exc.strerror or exc))
             with open(os.path.join(self.run_dir, "ssh_config"), "w") as handle:
