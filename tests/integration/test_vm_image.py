@@ -22,6 +22,7 @@ import pytest
 from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 HAS_QEMU = shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
 needs_qemu = pytest.mark.skipif(not HAS_QEMU, reason="needs qemu-system-x86 and qemu-utils")
@@ -101,7 +102,7 @@ def test_qemu_goes_when_its_process_is_stopped_or_killed(tmp_path, blank_image, 
 START_DETACHED = ("owner = int(sys.argv[3]) if sys.argv[3] != '0' else None\n"
                   "lifetime = float(sys.argv[4]) if sys.argv[4] != '0' else None\n"
                   "vm = vm_run.VirtualMachine(sys.argv[1], sys.argv[2], accel='tcg', name='kept', keep_run_dir=True)\n"
-                  "print(json.dumps(vm_run.start_detached(vm, owner_pid=owner, lifetime=lifetime)), flush=True)\n")
+                  "print(json.dumps(vm_detached.start_detached(vm, owner_pid=owner, lifetime=lifetime)), flush=True)\n")
 
 
 def _start_detached(collections_path, image, run_dir, owner=0, lifetime=0):
@@ -120,7 +121,7 @@ def test_a_detached_vm_outlives_its_starter_and_goes_with_its_owner(tmp_path, bl
         assert state["owner_pid"] == owner.pid and state["state"] == "running"
         time.sleep(1.5)  # the process that started it has ended; the VM runs on
         assert vm_run.process_alive(state["qemu_pid"], state["qemu_start"])
-        assert vm_run.read_state(str(run_dir))["running"]
+        assert vm_detached.read_state(str(run_dir))["running"]
         owner.kill()  # the job's ansible-playbook is killed
         owner.wait()
         assert _gone(state["qemu_pid"], state["qemu_start"], within=10)
@@ -131,7 +132,7 @@ def test_a_detached_vm_outlives_its_starter_and_goes_with_its_owner(tmp_path, bl
         assert not run_dir.exists()
     finally:
         owner.kill()
-        vm_run.stop_detached(str(run_dir))
+        vm_detached.stop_detached(str(run_dir))
 
 
 @needs_qemu
@@ -140,19 +141,19 @@ def test_a_detached_vm_stops_when_asked_or_at_the_end_of_its_lifetime(tmp_path, 
     timed = _start_detached(collections_path, blank_image, tmp_path / "timed", lifetime=2)
     killed = _start_detached(collections_path, blank_image, tmp_path / "killed")
     try:
-        assert vm_run.stop_detached(str(tmp_path / "asked")) is True
+        assert vm_detached.stop_detached(str(tmp_path / "asked")) is True
         assert not vm_run.process_alive(asked["qemu_pid"], asked["qemu_start"])
         assert not (tmp_path / "asked").exists()
         assert _gone(timed["qemu_pid"], timed["qemu_start"], within=10)
         # the keeper killed outright: QEMU goes with it (PR_SET_PDEATHSIG)
         os.kill(killed["keeper_pid"], signal.SIGKILL)
         assert _gone(killed["qemu_pid"], killed["qemu_start"], within=5)
-        assert vm_run.read_state(str(tmp_path / "killed"))["running"] is False
-        assert vm_run.stop_detached(str(tmp_path / "killed")) is False
+        assert vm_detached.read_state(str(tmp_path / "killed"))["running"] is False
+        assert vm_detached.stop_detached(str(tmp_path / "killed")) is False
         assert not (tmp_path / "killed").exists()
     finally:
         for name in ("asked", "timed", "killed"):
-            vm_run.stop_detached(str(tmp_path / name))
+            vm_detached.stop_detached(str(tmp_path / name))
 
 
 # --- a real image, built, booted and reached (slow: marked vm) ---------------------------------
@@ -342,7 +343,7 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
         while not (tmp_path / "job2.json.uname").exists():
             assert job.poll() is None and time.monotonic() < deadline, "the job ended before its VM was up"
             time.sleep(1)
-        state = vm_run.read_state(str(state_dir / "job-2"))
+        state = vm_detached.read_state(str(state_dir / "job-2"))
         assert state["running"] and vm_run.process_alive(state["qemu_pid"], state["qemu_start"])
         os.killpg(job.pid, signal.SIGKILL)  # as a worker cancels a job it has to
         job.wait(30)
@@ -351,7 +352,7 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-        vm_run.stop_detached(str(state_dir / "job-2"))
+        vm_detached.stop_detached(str(state_dir / "job-2"))
     print("\nvm test: build %.1f s (base %s), unchanged %.3f s, boot to SSH %.1f s in the build, %.1f s in the job"
           % (build_seconds, "cached" if manifest["base"].get("cached") else "debootstrapped", unchanged_seconds,
              manifest["boot_check"]["boot_to_ssh_s"], vm["boot_to_ssh_s"]))
