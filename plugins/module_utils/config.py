@@ -410,10 +410,6 @@ class Config:
                 "" if name in self.given else " (the file has no %s section)" % name))
         return values
 
-    def expanded_topology(self):
-        """The expanded topology (exchanges, queues, bindings) of the ``topology`` key."""
-        return topology_lib.expand(self._scalars["topology"])
-
     def amqp_settings(self, connection_name=None):
         """The :class:`AmqpSettings` of the ``amqp`` section."""
         return AmqpSettings.from_mapping(self._sections["amqp"], connection_name=connection_name)

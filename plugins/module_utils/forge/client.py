@@ -726,11 +726,6 @@ class ForgeClient:
         pages = self._get_pages("/repos/%s/issues/%d/comments" % (_check_repo(repo), int(number)), {"since": since})
         return [_comment_dict(data) for page in pages for data in page if isinstance(data, dict)]
 
-    def create_comment(self, repo, number, body):
-        reply = self._request("POST", self._url("/repos/%s/issues/%d/comments" % (_check_repo(repo), int(number))),
-                              body={"body": body})
-        return _comment_dict(reply.data)
-
     def permission(self, repo, user):
         """``user``'s role on ``repo``: admin, maintain, write, triage, read or none (also for an
         unknown user)."""

@@ -188,11 +188,6 @@ def domain_xml(name, disk, accel="tcg", memory=1024, cpus=2, kernel=None, initrd
 
 # --- is there a libvirtd? -----------------------------------------------------------------------
 
-def _open(uri):
-    _need_binding()
-    return libvirt.open(uri)
-
-
 def probe_libvirt(uri=DEFAULT_URI):
     """``(True, reason)`` when the binding imports and a QEMU libvirtd answers on ``uri``, else
     ``(False, why)``. Opens and closes one connection."""
