@@ -54,6 +54,7 @@ DEFAULT_PART_SIZE = 16 * MIB
 DEFAULT_CONCURRENCY = 4
 INCOMING = ".incoming"
 
+
 class ImageStoreError(ImageError):
     """The store failed or refused an operation."""
 
@@ -348,8 +349,8 @@ def open_store(url, endpoint_url=None, region=None, access_key=None, secret_key=
         from ansible_collections.testfleet.infra.plugins.module_utils.images import s3_store  # boto3 on first use
 
         return s3_store.S3Store(parts.netloc, unquote(parts.path), endpoint_url=endpoint_url, region=region,
-                       access_key=access_key, secret_key=secret_key, profile=profile, ca_file=ca_file,
-                       timeout=timeout, part_size=part_size, concurrency=concurrency, client=client)
+                                access_key=access_key, secret_key=secret_key, profile=profile, ca_file=ca_file,
+                                timeout=timeout, part_size=part_size, concurrency=concurrency, client=client)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ImageStoreError("image store %s: a file:// URL names a local directory (file:///dir)" % url)

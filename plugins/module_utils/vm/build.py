@@ -41,6 +41,7 @@ from ansible_collections.testfleet.infra.plugins.module_utils.vm.rootfs import (
 )
 from ansible_collections.testfleet.infra.plugins.module_utils.vm.steps import BuildError, remove_tree
 
+
 # --- what is already built ----------------------------------------------------------------------
 
 def find_built(output_dir, recipe):

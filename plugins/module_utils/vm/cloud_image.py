@@ -142,7 +142,7 @@ class SeedServer:
 
     def __init__(self, user_data, instance_id):
         documents = {"/meta-data": ("instance-id: %s\nlocal-hostname: %s\n" % (instance_id, instance_id)).encode("utf-8"),
-                 "/user-data": user_data.encode("utf-8"), "/vendor-data": b""}
+                     "/user-data": user_data.encode("utf-8"), "/vendor-data": b""}
         self.requests = []
         seen = self.requests
 

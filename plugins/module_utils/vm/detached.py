@@ -58,7 +58,7 @@ def start_detached(vm, owner_pid=None, lifetime=None, ready_timeout=60.0):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise vm_run.VmError("the VM keeper did not report within %d s (see %s)"
-                              % (ready_timeout, os.path.join(vm.run_dir, "keeper.log")))
+                                     % (ready_timeout, os.path.join(vm.run_dir, "keeper.log")))
             ready, dummy, dummy = select.select([read_end], [], [], left)
             if not ready:
                 continue

@@ -216,7 +216,7 @@ def configure_rootfs(recipe, rootfs, steps, setup_timeout=3600):
         hostname = hostname_for(recipe.name)
         write_file(os.path.join(rootfs, "etc/hostname"), hostname + "\n")
         write_file(os.path.join(rootfs, "etc/hosts"), "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost "
-               "ip6-loopback\n" % hostname)
+                   "ip6-loopback\n" % hostname)
         write_file(os.path.join(rootfs, "etc/fstab"), "/dev/vda\t/\text4\tdefaults,errors=remount-ro\t0\t1\n")
         write_file(os.path.join(rootfs, "etc/systemd/network/80-testfleet-dhcp.network"), NETWORK_UNIT)
         write_file(os.path.join(rootfs, "etc/resolv.conf"), GUEST_RESOLV_CONF)
@@ -244,7 +244,7 @@ def configure_rootfs(recipe, rootfs, steps, setup_timeout=3600):
         os.chmod(ssh_dir, 0o700)
         if user["sudo"]:
             write_file(os.path.join(rootfs, "etc/sudoers.d/testfleet-user"), "%s ALL=(ALL) NOPASSWD:ALL\n" % user["name"],
-                   0o440)
+                       0o440)
         for index, spec in enumerate(recipe.data["files"]):
             target = path_inside(rootfs, spec["path"])
             write_file(target, recipe.file_content(index), int(spec["mode"], 8))

@@ -231,7 +231,7 @@ def choose_accel(accel="auto", kernel=None, probe_file=None, qemu=None, probe_ti
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(os.path.abspath(probe_file)), exist_ok=True)
             write_json(probe_file, {"kvm": works, "reason": reason, "kernel": kernel,
-                                     "probed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                                    "probed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return ("kvm" if works else "tcg"), "KVM probe: %s" % reason
 
 
