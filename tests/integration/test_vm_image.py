@@ -53,7 +53,8 @@ def _helper(collections_path, code, *args):
     # SIGINT as in a terminal: a test command started in the background inherits it ignored
     prelude = ("import json, signal, sys, time\n"
                "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-               "from ansible_collections.testfleet.infra.plugins.module_utils import vm_run\n")
+               "from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run\n"
+               "from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached\n")
     return subprocess.Popen([sys.executable, "-c", prelude + code] + list(args), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
 

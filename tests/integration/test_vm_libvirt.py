@@ -156,7 +156,8 @@ def blank_image(tmp_path):
 
 
 START_DETACHED = ("import json, sys\n"
-                  "from ansible_collections.testfleet.infra.plugins.module_utils import vm_libvirt, vm_run\n"
+                  "from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached\n"
+                  "from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt\n"
                   "vm = vm_libvirt.LibvirtMachine(sys.argv[1], sys.argv[2], accel='tcg', name=sys.argv[3],\n"
                   "                               keep_run_dir=True, memory=256, cpus=1)\n"
                   "print(json.dumps(vm_detached.start_detached(vm)), flush=True)\n")
