@@ -87,7 +87,7 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("bench/images: building images needs root (debootstrap, chroot)")
     import_collection()
-    from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+    from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
     from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 
     work = tempfile.mkdtemp(prefix="bench-images-", dir=args.work)
@@ -149,13 +149,13 @@ def main():
         say("publishing to a directory store, fetching into an empty cache, then again")
         store = os.path.join(work, "store")
         publish_s, dummy = timed(run_module, "image_publish", {"store_url": store, "image": built["path"]})
-        ref = images.parse_image_file_name(os.path.basename(built["path"]))
+        ref = image_naming.parse_image_file_name(os.path.basename(built["path"]))
         fetch_args = {"store_url": store, "name": ref.name, "sha256": ref.sha256,
                       "cache_dir": os.path.join(work, "image-cache")}
         cold_s, cold = timed(run_module, "image_fetch", fetch_args)
         warm_s, warm = timed(run_module, "image_fetch", fetch_args)
         assert cold["changed"] and not warm["changed"]
-        assert images.file_sha256(cold["path"]) == ref.sha256
+        assert image_naming.file_sha256(cold["path"]) == ref.sha256
         figures.update(publish_s=round(publish_s, 3), fetch_cold_s=round(cold_s, 3), fetch_warm_s=round(warm_s, 4))
         emit({"phase": "fetch", "publish_s": figures["publish_s"], "fetch_cold_s": figures["fetch_cold_s"],
               "fetch_warm_s": figures["fetch_warm_s"], "store": "directory", "bytes": ref and cold.get("size")})

@@ -28,6 +28,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     HAS_PIKA = False
     PIKA_IMPORT_ERROR = exc
 
+from ansible_collections.testfleet.infra.plugins.module_utils import files
+
 DEFAULT_URL = "amqp://127.0.0.1:5672/"
 DEFAULT_HEARTBEAT = 60
 
@@ -144,8 +146,10 @@ class AmqpSettings:
 
     def _password(self, parts):
         if self.password_file:
-            with open(self.password_file, encoding="utf-8") as handle:
-                return handle.read().strip()
+            try:
+                return files.read_secret(self.password_file, "broker password")
+            except files.FileProblem as exc:
+                raise AmqpError(str(exc)) from None
         return unquote(parts.password) if parts.password is not None else None
 
     def parameters(self):

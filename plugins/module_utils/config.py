@@ -105,13 +105,7 @@ import os
 import re
 from urllib.parse import urlsplit
 
-try:
-    import yaml
-    HAS_YAML = True
-except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
-    yaml = None
-    HAS_YAML = False
-
+from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils.amqp import AmqpSettings, redact_url
 from ansible_collections.testfleet.infra.plugins.module_utils import topology as topology_lib
 from ansible_collections.testfleet.infra.plugins.module_utils import webhook_events
@@ -380,28 +374,6 @@ def _unknown(where, key, known):
     return text
 
 
-class _Loader(getattr(yaml, "SafeLoader", object)):
-    """PyYAML's safe loader that refuses duplicate keys instead of keeping the last one."""
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, dummy in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            duplicate = key in seen
-        except TypeError:
-            continue  # an unhashable key: PyYAML reports it itself
-        if duplicate:
-            raise ConfigError("line %d: the key %r is given twice" % (key_node.start_mark.line + 1, key))
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-if HAS_YAML:
-    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 class Config:
     """A validated config file. Sections are plain dicts with every key (defaults filled in).
 
@@ -431,10 +403,6 @@ class Config:
                 self.path, name, missing[0],
                 "" if name in self.given else " (the file has no %s section)" % name))
         return values
-
-    def expanded_topology(self):
-        """The expanded topology (exchanges, queues, bindings) of the ``topology`` key."""
-        return topology_lib.expand(self._scalars["topology"])
 
     def amqp_settings(self, connection_name=None):
         """The :class:`AmqpSettings` of the ``amqp`` section."""
@@ -506,34 +474,22 @@ def _cross_check(path, sections, scalars, given):
                                   % (path, section, key, name, ", ".join(queues)))
 
 
+HAS_YAML = files.HAS_YAML
+
+
 def load(path):
     """Read and validate the config file at ``path``; raise ConfigError naming what is wrong."""
-    if not HAS_YAML:
-        raise ConfigError("the Python library PyYAML is required to read %s" % path)
     try:
-        with open(path, "rb") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise ConfigError("cannot read the config file %s: %s" % (path, exc.strerror or exc))
-    try:
-        data = yaml.load(text, Loader=_Loader)  # nosec - a SafeLoader subclass
-    except ConfigError as exc:
-        raise ConfigError("%s: %s" % (path, exc))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = " line %d column %d" % (mark.line + 1, mark.column + 1) if mark else ""
-        raise ConfigError("%s:%s is not valid YAML: %s" % (
-            path, where, getattr(exc, "problem", None) or exc))
+        data = files.load_yaml_file(path, "config file")
+    except files.FileProblem as exc:
+        raise ConfigError(str(exc)) from None
     return validate(data, path)
 
 
 def read_secret_file(path, what="secret"):
-    """The content of a secret file without its trailing newline; never quoted in errors."""
+    """The content of a secret file (bytes, surrounding white space removed), as
+    :func:`files.read_secret` reads it; raise ConfigError naming the file, never its content."""
     try:
-        with open(path, "rb") as handle:
-            value = handle.read().strip()
-    except OSError as exc:
-        raise ConfigError("cannot read the %s file %s: %s" % (what, path, exc.strerror or exc))
-    if not value:
-        raise ConfigError("the %s file %s is empty" % (what, path))
-    return value
+        return files.read_secret(path, what).encode("utf-8")
+    except files.FileProblem as exc:
+        raise ConfigError(str(exc)) from None

@@ -47,22 +47,10 @@ import difflib
 import fnmatch
 import re
 
-try:
-    import yaml
-    HAS_YAML = True
-except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
-    yaml = None
-    HAS_YAML = False
-
-from ansible_collections.testfleet.infra.plugins.module_utils import config as config_lib
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils import files
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
 from ansible_collections.testfleet.infra.plugins.module_utils import topology
-from ansible_collections.testfleet.infra.plugins.module_utils.config import ConfigError
-
-# The config file's safe loader, which refuses a key given twice (a second ``main:`` would
-# silently drop contexts).
-_Loader = getattr(config_lib, "_Loader", getattr(yaml, "SafeLoader", None))
 
 DEFAULTS = {
     "queue": "tests.public",
@@ -249,7 +237,7 @@ def _context(path, value, defaults, manual):
     image = None
     if "image" in value:
         image = value["image"]
-        if not isinstance(image, str) or not images.NAME_RE.match(image):
+        if not isinstance(image, str) or not image_naming.NAME_RE.match(image):
             raise _Invalid(_join(path, "image"), "must be an image name (1-64 lowercase letters, digits, '.', '_', "
                                                  "'-'), not %r" % (image,))
     return ContextSpec(name, queue, timeout, args, manual, image)
@@ -462,21 +450,11 @@ def _parse(data, source):
 
 
 def load_testmap(path):
-    """Read and validate the test map file at ``path``; raise TestMapError naming the problem."""
-    if not HAS_YAML:
-        raise TestMapError("the Python library PyYAML is required to read %s" % path)
+    """Read and validate the test map file at ``path``; raise TestMapError naming the problem.
+
+    A key given twice is an error (a second ``main:`` would silently drop contexts)."""
     try:
-        with open(path, "rb") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise TestMapError("cannot read the test map %s: %s" % (path, exc.strerror or exc))
-    try:
-        data = yaml.load(text, Loader=_Loader)  # nosec - a SafeLoader subclass
-    except ConfigError as exc:  # config's loader: a key given twice
-        raise TestMapError("%s: %s" % (path, exc))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = " line %d column %d" % (mark.line + 1, mark.column + 1) if mark else ""
-        raise TestMapError("%s:%s is not valid YAML: %s" % (
-            path, where, getattr(exc, "problem", None) or exc))
+        data = files.load_yaml_file(path, "test map")
+    except files.FileProblem as exc:
+        raise TestMapError(str(exc)) from None
     return parse_testmap(data, path)

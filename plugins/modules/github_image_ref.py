@@ -155,8 +155,8 @@ requests:
 """
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import refs as image_refs
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 
 def _text(found, path):
@@ -203,8 +203,8 @@ class ImageRefChange:
         self.repo = params["repo"]
         self.path = params["refs_file"].lstrip("/")
         try:
-            self.ref = images.parse_image_ref(params["image"])
-        except images.ImageNameError as exc:
+            self.ref = image_naming.parse_image_ref(params["image"])
+        except image_naming.ImageNameError as exc:
             raise ChangeError("image: %s" % exc) from None
         if self.ref.name is None:
             raise ChangeError("image must be <name>-<sha256> (the name says which entry of %s to change), not a "

@@ -172,9 +172,9 @@ duration:
 import os
 import time
 
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ImageCache, ProgressLog
 from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 
 def main():
@@ -194,7 +194,7 @@ def main():
     params = module.params
     started = time.monotonic()
     with module.reporting():
-        ref = images.ImageRef(images.check_name(params["name"]), images.check_sha256(params["sha256"].lower()))
+        ref = image_naming.ImageRef(image_naming.check_name(params["name"]), image_naming.check_sha256(params["sha256"].lower()))
         store = module.image_store()
     cache = ImageCache(params["cache_dir"])
     log_path = params["progress_log"] or (cache.progress_log_path() if not module.check_mode else None)

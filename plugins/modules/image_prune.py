@@ -144,6 +144,7 @@ import time
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import CacheBusy, ImageCache
 from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 DAY = 86400.0
 
@@ -155,7 +156,7 @@ class Keep:
         self.refs = set()
         self.hashes = set()
         for entry in entries:
-            ref = images.parse_image_ref(entry)
+            ref = image_naming.parse_image_ref(entry)
             if ref.name is None:
                 self.hashes.add(ref.sha256)
             else:
@@ -267,7 +268,7 @@ def main():
         module.fail_json(msg="keep is empty: refusing to prune every image (set allow_empty_keep: true if that is meant)")
     try:
         keep = Keep(params["keep"])
-    except images.ImageNameError as exc:
+    except image_naming.ImageNameError as exc:
         module.fail_json(msg="keep: %s" % exc)
     now = time.time()
     cutoff = now - params["older_than_days"] * DAY

@@ -144,6 +144,7 @@ import time
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
 from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 
 def describe(stored, ref):
@@ -174,17 +175,17 @@ def main():
     if params["concurrency"] < 1:
         module.fail_json(msg="concurrency must be at least 1")
     try:
-        ref = images.parse_image_file_name(params["image"].rstrip("/").rsplit("/", 1)[-1])
-    except images.ImageNameError as exc:
+        ref = image_naming.parse_image_file_name(params["image"].rstrip("/").rsplit("/", 1)[-1])
+    except image_naming.ImageNameError as exc:
         module.fail_json(msg="image: %s" % exc)
     manifest = None
     if params["manifest"]:
         try:
             with open(params["manifest"], "rb") as handle:
-                manifest = images.parse_manifest(handle.read(), ref, source=params["manifest"])
+                manifest = image_naming.parse_manifest(handle.read(), ref, source=params["manifest"])
         except OSError as exc:
             module.fail_json(msg="cannot read the manifest %s: %s" % (params["manifest"], exc.strerror or exc))
-        except images.ImageError as exc:
+        except image_naming.ImageError as exc:
             module.fail(exc)
     with module.reporting():
         store = module.image_store(part_size=params["part_size_mib"] * images.MIB, concurrency=params["concurrency"])

@@ -237,6 +237,8 @@ import traceback
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import build as vm_build
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import steps as vm_steps
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import recipe as vm_recipe
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
 from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
@@ -270,14 +272,14 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if params["recipe_file"] and not vm_build.HAS_YAML:
+    if params["recipe_file"] and not vm_recipe.HAS_YAML:
         module.fail_json(msg=missing_required_lib("PyYAML"))
     try:
         if params["recipe_file"]:
-            recipe = vm_build.load_recipe(params["recipe_file"])
+            recipe = vm_recipe.load_recipe(params["recipe_file"])
         else:
-            recipe = vm_build.parse_recipe(params["recipe"], source="recipe")
-    except vm_build.RecipeError as exc:
+            recipe = vm_recipe.parse_recipe(params["recipe"], source="recipe")
+    except vm_recipe.RecipeError as exc:
         module.fail_json(msg=str(exc))
 
     output_dir = params["output_dir"]
@@ -315,10 +317,10 @@ def main():
         module.fail_json(msg="cannot create %s: %s" % (exc.filename, exc.strerror), **result)
     output_path = params["output_log"] or os.path.join(logs, "%s.output.log" % recipe.name)
     progress = ProgressLog(progress_path, recipe.name)
-    steps = vm_build.Steps(progress, output_path, log=module.log)
+    steps = vm_steps.Steps(progress, output_path, log=module.log)
     began = time.monotonic()
     try:
-        with vm_build.locked(os.path.join(output_dir, ".%s.lock" % recipe.name), timeout=params["lock_timeout"],
+        with vm_steps.locked(os.path.join(output_dir, ".%s.lock" % recipe.name), timeout=params["lock_timeout"],
                              what="the build of %s" % recipe.name):
             # another build of the same recipe may have finished while this one waited
             found = None if params["rebuild"] else vm_build.find_built(output_dir, recipe)
@@ -337,7 +339,7 @@ def main():
                 boot_timeout=params["boot_timeout"], memory=params["memory"], cpus=params["cpus"],
                 qemu=params["qemu"], refresh_base=params["refresh_base"] or params["rebuild"], base_cache_keep=params["base_cache_keep"],
                 setup_timeout=params["setup_timeout"])
-    except (vm_build.BuildError, vm_build.RecipeError) as exc:
+    except (vm_steps.BuildError, vm_recipe.RecipeError) as exc:
         steps.note("build failed: %s" % exc)
         module.fail_json(msg="building %s failed: %s" % (recipe.name, exc), output_log=output_path,
                          timings=steps.timings, **result)

@@ -316,21 +316,22 @@ import pwd
 import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils import files
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
 from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 
 def _manifest_of(image):
     try:
-        ref = images.parse_image_file_name(os.path.basename(image))
-    except images.ImageNameError:
+        ref = image_naming.parse_image_file_name(os.path.basename(image))
+    except image_naming.ImageNameError:
         return None
     path = os.path.join(os.path.dirname(image), ref.manifest_file)
     try:
         with open(path, "rb") as handle:
-            return images.parse_manifest(handle.read(), ref, source=path)
+            return image_naming.parse_manifest(handle.read(), ref, source=path)
     except OSError:
         return None
 
@@ -391,7 +392,7 @@ def main():
         run_dir = vm_run.instance_dir(state_dir, params["name"])
     except vm_run.VmError as exc:
         module.fail_json(msg=str(exc))
-    current = vm_run.read_state(run_dir)
+    current = vm_detached.read_state(run_dir)
     running = bool(current and current["running"] and current.get("state") == "running")
     result = dict(changed=False, name=params["name"], run_dir=run_dir)
 
@@ -402,7 +403,7 @@ def main():
                             "after": {"state": "absent"}})
         if exists and not module.check_mode:
             try:
-                vm_libvirt.stop_detached(run_dir)
+                vm_detached.stop_detached(run_dir)
             except vm_run.VmError as exc:
                 module.fail_json(msg=str(exc), **result)
         module.exit_json(**result)
@@ -433,7 +434,7 @@ def main():
 
     try:
         if current is not None or os.path.isdir(run_dir):
-            vm_libvirt.stop_detached(run_dir)  # a stopped VM, or one of another image or backend
+            vm_detached.stop_detached(run_dir)  # a stopped VM, or one of another image or backend
         manifest = _manifest_of(image)
         boot = vm_run.boot_spec(image, manifest, params["boot_cache_dir"] or os.path.join(home, "vm-boot"),
                                 kernel=params["kernel"], initrd=params["initrd"], cmdline=params["cmdline"])
@@ -449,7 +450,7 @@ def main():
         else:
             vm = vm_run.VirtualMachine(image, run_dir, **machine)
         owner = vm_run.find_playbook_pid() if params["tie_to_playbook"] else None
-        state = vm_run.start_detached(vm, owner_pid=owner, lifetime=params["lifetime"] or None)
+        state = vm_detached.start_detached(vm, owner_pid=owner, lifetime=params["lifetime"] or None)
     except vm_run.VmError as exc:
         module.fail_json(msg="cannot start the VM %s (%s backend: %s): %s" % (params["name"], backend, backend_reason,
                                                                               exc), **result)
@@ -461,11 +462,11 @@ def main():
         vm_run.wait_for_ssh(target, time.monotonic() + params["boot_timeout"], lambda: _vm_alive(state),
                             state["console"])
     except vm_run.VmError as exc:
-        vm_libvirt.stop_detached(run_dir)
+        vm_detached.stop_detached(run_dir)
         module.fail_json(msg="the VM %s (%s: %s; %s backend) did not come up: %s"
                          % (params["name"], accel, reason, backend, exc), **result)
     state["boot_to_ssh_s"] = round(time.time() - state["started_at"], 2)
-    files.write_atomic(os.path.join(run_dir, vm_run.STATE_FILE), json.dumps(state, indent=1, sort_keys=True) + "\n",
+    files.write_atomic(os.path.join(run_dir, vm_detached.STATE_FILE), json.dumps(state, indent=1, sort_keys=True) + "\n",
                        mode=0o644)
     result.update(_started_result(state, run_dir))
     result["owner_pid"] = owner

@@ -23,10 +23,11 @@ import pytest
 from ansible_collections.testfleet.infra.plugins.module_utils import amqp
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils import statuses
 
-from ansible_collections.testfleet.infra.plugins.module_utils.vm import build as vm_build
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import recipe as vm_recipe
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import ensure_queue
 
 REPO = "org/proj"
@@ -52,13 +53,13 @@ def run_playbook(tmp_path, collections_path, name, job, config, check=False):
 def put_built_image(recipe_file, build_dir, payload):
     """An image of the recipe in the build directory, as vm_image leaves one: <name>-<sha256>.qcow2
     and its manifest (with the recipe's hash)."""
-    recipe = vm_build.load_recipe(str(recipe_file))
+    recipe = vm_recipe.load_recipe(str(recipe_file))
     sha256 = hashlib.sha256(payload).hexdigest()
     build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / images.image_file_name(recipe.name, sha256)).write_bytes(payload)
-    manifest = images.make_manifest(recipe.name, sha256, len(payload), recipe.sha256,
+    (build_dir / image_naming.image_file_name(recipe.name, sha256)).write_bytes(payload)
+    manifest = image_naming.make_manifest(recipe.name, sha256, len(payload), recipe.sha256,
                                     {"kind": "debootstrap", "suite": "bookworm"}, ["bash 5.2.15-2+b2", "python3 3.11.2-1"])
-    (build_dir / images.manifest_file_name(recipe.name, sha256)).write_bytes(images.manifest_bytes(manifest))
+    (build_dir / image_naming.manifest_file_name(recipe.name, sha256)).write_bytes(image_naming.manifest_bytes(manifest))
     return "%s-%s" % (recipe.name, sha256)
 
 
@@ -184,8 +185,8 @@ def test_a_refresh_builds_boots_and_proposes_a_real_image(tmp_path, collections_
     result = run_playbook(tmp_path, collections_path, "image-refresh.yml", job, config)
     assert result.returncode == 0, result.stdout + result.stderr
     [qcow2] = [name for name in os.listdir(store) if name.endswith(".qcow2")]
-    ref = images.parse_image_file_name(qcow2)
-    assert images.file_sha256(str(store / qcow2)) == ref.sha256
+    ref = image_naming.parse_image_file_name(qcow2)
+    assert image_naming.file_sha256(str(store / qcow2)) == ref.sha256
     assert "(built, published); pull request #1 opened" in result.stdout
     [pull] = fake_github.pulls(REPO)
     assert fake_github.file_at(REPO, pull["head"]["ref"], REFS).decode() == "debian-12: debian-12-%s\n" % ref.sha256

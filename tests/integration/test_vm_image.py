@@ -19,9 +19,10 @@ import time
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 HAS_QEMU = shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
 needs_qemu = pytest.mark.skipif(not HAS_QEMU, reason="needs qemu-system-x86 and qemu-utils")
@@ -52,7 +53,8 @@ def _helper(collections_path, code, *args):
     # SIGINT as in a terminal: a test command started in the background inherits it ignored
     prelude = ("import json, signal, sys, time\n"
                "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-               "from ansible_collections.testfleet.infra.plugins.module_utils import vm_run\n")
+               "from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run\n"
+               "from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached\n")
     return subprocess.Popen([sys.executable, "-c", prelude + code] + list(args), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
 
@@ -61,7 +63,7 @@ def _helper(collections_path, code, *args):
 
 @needs_qemu
 def test_vm_runs_on_an_overlay_and_stops_with_its_process_group(tmp_path, blank_image):
-    before = images.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns
+    before = image_naming.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns
     run_dir = tmp_path / "run"
     with vm_run.VirtualMachine(blank_image, str(run_dir), accel="tcg", name="blank") as vm:
         pid = vm.proc.pid
@@ -78,7 +80,7 @@ def test_vm_runs_on_an_overlay_and_stops_with_its_process_group(tmp_path, blank_
             vm.wait_for_ssh(timeout=1)
     assert _gone(pid, start, within=1)
     assert not run_dir.exists()
-    assert (images.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns) == before  # never written
+    assert (image_naming.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns) == before  # never written
 
 
 @needs_qemu
@@ -101,7 +103,7 @@ def test_qemu_goes_when_its_process_is_stopped_or_killed(tmp_path, blank_image, 
 START_DETACHED = ("owner = int(sys.argv[3]) if sys.argv[3] != '0' else None\n"
                   "lifetime = float(sys.argv[4]) if sys.argv[4] != '0' else None\n"
                   "vm = vm_run.VirtualMachine(sys.argv[1], sys.argv[2], accel='tcg', name='kept', keep_run_dir=True)\n"
-                  "print(json.dumps(vm_run.start_detached(vm, owner_pid=owner, lifetime=lifetime)), flush=True)\n")
+                  "print(json.dumps(vm_detached.start_detached(vm, owner_pid=owner, lifetime=lifetime)), flush=True)\n")
 
 
 def _start_detached(collections_path, image, run_dir, owner=0, lifetime=0):
@@ -120,7 +122,7 @@ def test_a_detached_vm_outlives_its_starter_and_goes_with_its_owner(tmp_path, bl
         assert state["owner_pid"] == owner.pid and state["state"] == "running"
         time.sleep(1.5)  # the process that started it has ended; the VM runs on
         assert vm_run.process_alive(state["qemu_pid"], state["qemu_start"])
-        assert vm_run.read_state(str(run_dir))["running"]
+        assert vm_detached.read_state(str(run_dir))["running"]
         owner.kill()  # the job's ansible-playbook is killed
         owner.wait()
         assert _gone(state["qemu_pid"], state["qemu_start"], within=10)
@@ -131,7 +133,7 @@ def test_a_detached_vm_outlives_its_starter_and_goes_with_its_owner(tmp_path, bl
         assert not run_dir.exists()
     finally:
         owner.kill()
-        vm_run.stop_detached(str(run_dir))
+        vm_detached.stop_detached(str(run_dir))
 
 
 @needs_qemu
@@ -140,19 +142,19 @@ def test_a_detached_vm_stops_when_asked_or_at_the_end_of_its_lifetime(tmp_path, 
     timed = _start_detached(collections_path, blank_image, tmp_path / "timed", lifetime=2)
     killed = _start_detached(collections_path, blank_image, tmp_path / "killed")
     try:
-        assert vm_run.stop_detached(str(tmp_path / "asked")) is True
+        assert vm_detached.stop_detached(str(tmp_path / "asked")) is True
         assert not vm_run.process_alive(asked["qemu_pid"], asked["qemu_start"])
         assert not (tmp_path / "asked").exists()
         assert _gone(timed["qemu_pid"], timed["qemu_start"], within=10)
         # the keeper killed outright: QEMU goes with it (PR_SET_PDEATHSIG)
         os.kill(killed["keeper_pid"], signal.SIGKILL)
         assert _gone(killed["qemu_pid"], killed["qemu_start"], within=5)
-        assert vm_run.read_state(str(tmp_path / "killed"))["running"] is False
-        assert vm_run.stop_detached(str(tmp_path / "killed")) is False
+        assert vm_detached.read_state(str(tmp_path / "killed"))["running"] is False
+        assert vm_detached.stop_detached(str(tmp_path / "killed")) is False
         assert not (tmp_path / "killed").exists()
     finally:
         for name in ("asked", "timed", "killed"):
-            vm_run.stop_detached(str(tmp_path / name))
+            vm_detached.stop_detached(str(tmp_path / name))
 
 
 # --- a real image, built, booted and reached (slow: marked vm) ---------------------------------
@@ -288,9 +290,9 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
     built = json.loads((tmp_path / "built.json").read_text())
     assert built["changed"] is True
     path, manifest = built["path"], built["manifest"]
-    ref = images.parse_image_file_name(os.path.basename(path))
-    assert ref.name == "tftest-debian-12" and images.file_sha256(path) == ref.sha256 == manifest["sha256"]
-    assert os.path.basename(built["manifest_path"]) == images.manifest_file_name(ref.name, ref.sha256)
+    ref = image_naming.parse_image_file_name(os.path.basename(path))
+    assert ref.name == "tftest-debian-12" and image_naming.file_sha256(path) == ref.sha256 == manifest["sha256"]
+    assert os.path.basename(built["manifest_path"]) == image_naming.manifest_file_name(ref.name, ref.sha256)
     assert manifest["recipe_sha256"] == built["recipe_sha256"] and manifest["size"] == os.path.getsize(path)
     assert manifest["base"]["kind"] == "debootstrap" and manifest["base"]["suite"] == "bookworm"
     assert any(package.startswith("openssh-server=") for package in manifest["packages"])
@@ -330,7 +332,7 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
     assert (tmp_path / "job.json.uname").read_text().strip() == manifest["boot_check"]["kernel_release"]
     assert set(vm["forwarded_ports"]) == {"8080"}
     assert not vm_run.process_alive(vm["qemu_pid"]) and not (state_dir / "job-1").exists()
-    assert images.file_sha256(path) == ref.sha256  # the image was never written
+    assert image_naming.file_sha256(path) == ref.sha256  # the image was never written
 
     # a job killed while its VM runs: the VM goes with it
     job_vars.update(vm_name="job-2", keep_running=True, result_file=str(tmp_path / "job2.json"))
@@ -342,7 +344,7 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
         while not (tmp_path / "job2.json.uname").exists():
             assert job.poll() is None and time.monotonic() < deadline, "the job ended before its VM was up"
             time.sleep(1)
-        state = vm_run.read_state(str(state_dir / "job-2"))
+        state = vm_detached.read_state(str(state_dir / "job-2"))
         assert state["running"] and vm_run.process_alive(state["qemu_pid"], state["qemu_start"])
         os.killpg(job.pid, signal.SIGKILL)  # as a worker cancels a job it has to
         job.wait(30)
@@ -351,7 +353,7 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-        vm_run.stop_detached(str(state_dir / "job-2"))
+        vm_detached.stop_detached(str(state_dir / "job-2"))
     print("\nvm test: build %.1f s (base %s), unchanged %.3f s, boot to SSH %.1f s in the build, %.1f s in the job"
           % (build_seconds, "cached" if manifest["base"].get("cached") else "debootstrapped", unchanged_seconds,
              manifest["boot_check"]["boot_to_ssh_s"], vm["boot_to_ssh_s"]))

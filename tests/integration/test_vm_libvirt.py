@@ -29,11 +29,12 @@ import types
 
 import pytest
 
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 URI = "qemu:///system"
 CACHE_DIR = os.environ.get("TESTFLEET_VM_CACHE_DIR", "/var/cache/testfleet/vm-build")
@@ -155,10 +156,11 @@ def blank_image(tmp_path):
 
 
 START_DETACHED = ("import json, sys\n"
-                  "from ansible_collections.testfleet.infra.plugins.module_utils import vm_libvirt, vm_run\n"
+                  "from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached\n"
+                  "from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt\n"
                   "vm = vm_libvirt.LibvirtMachine(sys.argv[1], sys.argv[2], accel='tcg', name=sys.argv[3],\n"
                   "                               keep_run_dir=True, memory=256, cpus=1)\n"
-                  "print(json.dumps(vm_run.start_detached(vm)), flush=True)\n")
+                  "print(json.dumps(vm_detached.start_detached(vm)), flush=True)\n")
 
 
 def _start_detached(collections_path, image, run_dir, name):
@@ -170,7 +172,7 @@ def _start_detached(collections_path, image, run_dir, name):
 
 
 def test_a_transient_domain_goes_with_its_keeper(tmp_path, blank_image, collections_path, libvirtd):
-    before = images.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns, os.stat(blank_image).st_uid
+    before = image_naming.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns, os.stat(blank_image).st_uid
     killed = _start_detached(collections_path, blank_image, tmp_path / "killed", "blank-killed")
     asked = _start_detached(collections_path, blank_image, tmp_path / "asked", "blank-asked")
     try:
@@ -179,24 +181,24 @@ def test_a_transient_domain_goes_with_its_keeper(tmp_path, blank_image, collecti
             assert _domain(state["libvirt"]["uuid"]) == {"name": state["libvirt"]["domain"], "active": True,
                                                          "persistent": False}  # transient: never defined
             assert state["qemu_pid"] and vm_run.process_alive(state["qemu_pid"], state["qemu_start"])
-        assert vm_run.read_state(str(tmp_path / "killed"))["running"]
+        assert vm_detached.read_state(str(tmp_path / "killed"))["running"]
 
         # the keeper killed outright: its connection closes, libvirtd destroys the domain (autodestroy)
         os.kill(killed["keeper_pid"], signal.SIGKILL)
         assert _wait(lambda: _domain(killed["libvirt"]["uuid"]) is None, 10), "the domain outlived its keeper"
         assert _wait(lambda: not vm_run.process_alive(killed["qemu_pid"], killed["qemu_start"]), 10)
-        assert vm_run.read_state(str(tmp_path / "killed"))["running"] is False
-        assert vm_libvirt.stop_detached(str(tmp_path / "killed")) is False and not (tmp_path / "killed").exists()
+        assert vm_detached.read_state(str(tmp_path / "killed"))["running"] is False
+        assert vm_detached.stop_detached(str(tmp_path / "killed")) is False and not (tmp_path / "killed").exists()
 
         # asked to stop (state=absent)
-        assert vm_libvirt.stop_detached(str(tmp_path / "asked")) is True
+        assert vm_detached.stop_detached(str(tmp_path / "asked")) is True
         assert _domain(asked["libvirt"]["uuid"]) is None and not (tmp_path / "asked").exists()
         assert not vm_run.process_alive(asked["keeper_pid"], asked["keeper_start"])
     finally:
         for name in ("killed", "asked"):
-            vm_libvirt.stop_detached(str(tmp_path / name))
+            vm_detached.stop_detached(str(tmp_path / name))
     # libvirt relabelled nothing and wrote nothing
-    assert (images.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns, os.stat(blank_image).st_uid) == before
+    assert (image_naming.file_sha256(blank_image), os.stat(blank_image).st_mtime_ns, os.stat(blank_image).st_uid) == before
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
@@ -212,10 +214,10 @@ def test_a_libvirtd_restart_does_not_leave_the_domain_behind(tmp_path, blank_ima
         libvirtd.daemons.restart_libvirtd(how)
         assert _wait(lambda: _domain(state["libvirt"]["uuid"]) is None, 40), "the domain outlived libvirtd's restart"
         assert _wait(lambda: not vm_run.process_alive(state["keeper_pid"], state["keeper_start"]), 30)
-        kept = vm_run.read_state(str(tmp_path / "restart"))
+        kept = vm_detached.read_state(str(tmp_path / "restart"))
         assert kept["state"] == "stopped" and "connection to libvirtd broke" in kept["reason"]
     finally:
-        vm_libvirt.stop_detached(str(tmp_path / "restart"))
+        vm_detached.stop_detached(str(tmp_path / "restart"))
     assert not (tmp_path / "restart").exists()
 
 
@@ -335,8 +337,8 @@ def _playbook(tmp_path, collections_path, extra, name):
 def test_a_job_boots_an_image_through_libvirt_and_the_vm_goes_with_the_job(tmp_path, collections_path, libvirtd,
                                                                            debian_image):
     path, manifest = debian_image
-    sha256 = images.parse_image_file_name(os.path.basename(path)).sha256
-    assert images.file_sha256(path) == sha256
+    sha256 = image_naming.parse_image_file_name(os.path.basename(path)).sha256
+    assert image_naming.file_sha256(path) == sha256
     state_dir = tmp_path / "vms"
     job_vars = {"image": path, "state_dir": str(state_dir), "boot_cache_dir": str(tmp_path / "boot"),
                 "probe_file": os.path.join(CACHE_DIR, "kvm-probe.json"), "vm_name": "lv-1",
@@ -357,7 +359,7 @@ def test_a_job_boots_an_image_through_libvirt_and_the_vm_goes_with_the_job(tmp_p
     assert vm["libvirt"]["domain"] in result["running_vms"] and result["status"] == "running"
     assert set(vm["forwarded_ports"]) == {"8080"} and vm["ssh"]["host"] == "127.0.0.1"
     assert _domain(vm["libvirt"]["uuid"]) is None and not (state_dir / "lv-1").exists()
-    assert images.file_sha256(path) == sha256  # the image was never written
+    assert image_naming.file_sha256(path) == sha256  # the image was never written
 
     # a job killed while its VM runs: the domain goes with it
     job_vars.update(vm_name="lv-2", keep_running=True, result_file=str(tmp_path / "job2.json"))
@@ -367,10 +369,10 @@ def test_a_job_boots_an_image_through_libvirt_and_the_vm_goes_with_the_job(tmp_p
         assert _wait(lambda: (tmp_path / "job2.json").exists() or job.poll() is not None, 600, 1.0)
         assert job.poll() is None, "the job ended before its VM was up"
         killed = json.loads((tmp_path / "job2.json").read_text())["vm"]
-        state = vm_run.read_state(str(state_dir / "lv-2"))
+        state = vm_detached.read_state(str(state_dir / "lv-2"))
         assert state["running"] and state["backend"] == "libvirt"
         assert _domain(killed["libvirt"]["uuid"])["active"]
-        assert images.file_sha256(path) == sha256  # not written while a VM of it runs either
+        assert image_naming.file_sha256(path) == sha256  # not written while a VM of it runs either
         os.killpg(job.pid, signal.SIGKILL)  # as a worker cancels a job it has to
         job.wait(30)
         assert _wait(lambda: _domain(killed["libvirt"]["uuid"]) is None, 15), "the domain outlived the killed job"
@@ -381,8 +383,8 @@ def test_a_job_boots_an_image_through_libvirt_and_the_vm_goes_with_the_job(tmp_p
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-        vm_libvirt.stop_detached(str(state_dir / "lv-2"))
-    assert images.file_sha256(path) == sha256
+        vm_detached.stop_detached(str(state_dir / "lv-2"))
+    assert image_naming.file_sha256(path) == sha256
     print("\nlibvirt vm test: libvirt start (createXML) %.2f s and %.2f s, boot to SSH %.1f s and %.1f s (%s)"
           % (vm["libvirt"]["start_s"], killed["libvirt"]["start_s"], vm["boot_to_ssh_s"], killed["boot_to_ssh_s"],
              vm["accel"]))

@@ -14,7 +14,8 @@ How it is built on PyGithub (2.x)
     ``github.Auth.AppAuth``, which signs the app's RS256 JWT), the user agent and the base
     URL, and keeps a pooled ``requests`` session. Its ``requestJson()`` returns the status,
     headers and body of one exchange without interpreting them, and this client does the rest
-    above it:
+    above it (the answers it reads, the dicts it returns and the ETag cache are
+    ``forge/wire.py``):
 
     - conditional requests: every GET whose ETag is cached is sent with ``If-None-Match``; a
       304 (which GitHub does not count against the rate limit) is answered from the cached
@@ -40,14 +41,6 @@ How it is built on PyGithub (2.x)
     through, and a lazily completed object issues GETs of its own that are easy to miss when
     counting requests. The few endpoints testfleet needs are simple to read as JSON.
 
-The ETag cache
-    Always in memory; with ``etag_cache_dir`` also on disk, one JSON file per URL (and
-    credential identity: answers depend on what the credential may see), written atomically
-    (a temporary file renamed over the old one) so that several processes (each scan job is
-    one) share it safely. Files are private (mode 0600, directory 0700) since bodies may hold
-    private repository data; an unreadable or corrupt file is a cache miss. The directory can
-    be emptied at any time.
-
 ``stats``: ``requests`` (HTTP exchanges), ``counted`` (answers that were not 304: what the
 rate limit counts), ``not_modified`` (304s) and ``writes`` (requests other than GET).
 """
@@ -55,19 +48,17 @@ rate limit counts), ``not_modified`` (304s) and ``writes`` (requests other than 
 from __future__ import annotations
 
 import base64
-import calendar
 import datetime
 import hashlib
 import http.client
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
 from collections import namedtuple
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 try:
     import github
@@ -81,7 +72,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     HAS_GITHUB = False
     GITHUB_IMPORT_ERROR = exc
 
-from ansible_collections.testfleet.infra.plugins.module_utils.files import write_atomic
+from ansible_collections.testfleet.infra.plugins.module_utils import files
+from ansible_collections.testfleet.infra.plugins.module_utils.forge import wire
+from ansible_collections.testfleet.infra.plugins.module_utils.forge.wire import REDACTED, ForgeError
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
@@ -92,112 +85,14 @@ TRANSIENT_STATUSES = (502, 503, 504)
 BACKOFF = 1.0                  # seconds before the first retry of a transient failure; doubles
 SECONDARY_LIMIT_WAIT = 60.0    # GitHub: wait at least a minute after a secondary limit
 TOKEN_RENEWAL_MARGIN = 300     # renew an installation token this many seconds before it expires
-MEMORY_CACHE_ENTRIES = 20000
 PULL_STATES = ("open", "closed", "all")
 ROLES = ("admin", "maintain", "write", "triage", "read", "none")
 CONTENT_TYPES = ("json", "form")
-REDACTED = "********"
 
 LOG = logging.getLogger("testfleet.forge")
 _REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-_LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel="([^"]*)"')
-_SECRET_FIELD_RE = re.compile(r'("(?:token|secret)"\s*:\s*")((?:[^"\\]|\\.)*)(")')
 
 Reply = namedtuple("Reply", "status headers data not_modified")
-
-
-class ForgeError(Exception):
-    """A GitHub problem, worded for the person who has to fix it; never carries a secret.
-
-    ``status``: the HTTP status GitHub answered, or None (unreachable, rate limit reserve,
-    bad configuration); ``retry_at``: epoch seconds after which retrying makes sense, or None.
-    """
-
-    def __init__(self, message, status=None, retry_at=None):
-        super().__init__(message)
-        self.status = status
-        self.retry_at = retry_at
-
-
-class _SecretFieldFilter(logging.Filter):
-    """Masks ``"token": "..."`` and ``"secret": "..."`` in PyGithub's debug log, which shows
-    request and response bodies (a hook's secret, an installation token)."""
-
-    def filter(self, record):
-        try:
-            message = record.getMessage()
-        except Exception:  # pylint: disable=broad-except
-            return True  # a broken record is not ours to fix
-        masked = _SECRET_FIELD_RE.sub(lambda m: m.group(1) + REDACTED + m.group(3), message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
-
-
-_PYGITHUB_LOG_FILTER = _SecretFieldFilter()
-
-
-def _guard_pygithub_log():
-    """PyGithub logs whole exchanges at DEBUG: keep that logger at INFO unless someone chose a
-    level for it, and mask secret fields whatever its level."""
-    logger = logging.getLogger("github.Requester")
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
-    if _PYGITHUB_LOG_FILTER not in logger.filters:
-        logger.addFilter(_PYGITHUB_LOG_FILTER)
-
-
-def _iso(epoch):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-def _epoch(text):
-    """Epoch seconds of GitHub's ``YYYY-MM-DDTHH:MM:SSZ`` (or with an offset)."""
-    value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return calendar.timegm(value.utctimetuple())
-
-
-def _int_header(headers, name):
-    try:
-        return int(float(headers[name]))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _retry_after(headers):
-    """Seconds of a ``Retry-After`` header (a number or an HTTP date), or None."""
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        import email.utils
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(moment.timestamp() - time.time(), 0.0)
-
-
-def _next_link(header):
-    for url, rel in _LINK_RE.findall(header or ""):
-        if rel == "next":
-            return url
-    return None
-
-
-def _page_after(url):
-    """``url`` asking for the page after the one it asks for."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    page = 1
-    for name, value in query:
-        if name == "page" and value.isdigit():
-            page = int(value)
-    query = [(n, v) for n, v in query if n != "page"] + [("page", str(page + 1))]
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _check_repo(repo):
@@ -215,14 +110,11 @@ def _check_api_url(api_url):
     return api_url.rstrip("/")
 
 
-def _read_secret_file(path, option):
+def _read_secret(path, what):
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ForgeError("cannot read %s %s: %s" % (option, path, exc.strerror or exc.__class__.__name__)) from None
-    except UnicodeDecodeError:
-        raise ForgeError("%s %s is not UTF-8 text" % (option, path)) from None
+        return files.read_secret(path, what)
+    except files.FileProblem as exc:
+        raise ForgeError(str(exc)) from None
 
 
 def _check_token(token, source):
@@ -232,93 +124,6 @@ def _check_token(token, source):
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in token):
         raise ForgeError("the GitHub token from %s contains whitespace or control characters" % source)
     return token
-
-
-def _login(user):
-    return (user or {}).get("login") if isinstance(user, dict) else None
-
-
-def _pull_dict(data):
-    head, base = data.get("head") or {}, data.get("base") or {}
-    merged = data.get("merged")
-    if merged is None:  # lists of pull requests carry merged_at only
-        merged = data.get("merged_at") is not None
-    return {"number": data.get("number"), "state": data.get("state"), "draft": bool(data.get("draft")),
-            "merged": bool(merged), "head_sha": head.get("sha"), "head_ref": head.get("ref"),
-            "head_repo": (head.get("repo") or {}).get("full_name"), "base_ref": base.get("ref"),
-            "author": _login(data.get("user")), "author_association": data.get("author_association"),
-            "labels": [label.get("name") for label in data.get("labels") or () if isinstance(label, dict)],
-            "updated_at": data.get("updated_at"), "title": data.get("title"), "body": data.get("body"),
-            "html_url": data.get("html_url")}
-
-
-def _status_dict(data):
-    return {"id": data.get("id"), "context": data.get("context"), "state": data.get("state"),
-            "description": data.get("description"), "target_url": data.get("target_url"),
-            "created_at": data.get("created_at"), "updated_at": data.get("updated_at"),
-            "creator": _login(data.get("creator"))}
-
-
-def _comment_dict(data):
-    return {"id": data.get("id"), "user": _login(data.get("user")), "body": data.get("body"),
-            "created_at": data.get("created_at"), "updated_at": data.get("updated_at"),
-            "author_association": data.get("author_association")}
-
-
-def _hook_dict(data):
-    config = data.get("config") or {}
-    return {"id": data.get("id"), "name": data.get("name"), "active": bool(data.get("active")),
-            "events": list(data.get("events") or ()), "url": config.get("url"),
-            "content_type": config.get("content_type"),
-            "insecure_ssl": str(config.get("insecure_ssl", "0")).lower() in ("1", "true"),
-            "has_secret": bool(config.get("secret")),
-            "created_at": data.get("created_at"), "updated_at": data.get("updated_at")}
-
-
-class EtagCache:
-    """ETag, body and ``Link`` header of GET answers by key: in memory and, with ``directory``,
-    on disk (shared by processes; see the module docstring)."""
-
-    def __init__(self, directory=None):
-        self.directory = directory
-        self._memory = {}
-        self._lock = threading.Lock()
-        if directory:
-            try:
-                os.makedirs(directory, mode=0o700, exist_ok=True)
-            except OSError as exc:
-                raise ForgeError("cannot create etag_cache_dir %s: %s" % (directory, exc.strerror)) from None
-
-    def _file(self, key):
-        return os.path.join(self.directory, hashlib.sha256(key.encode("utf-8")).hexdigest() + ".json")
-
-    def get(self, key):
-        """``{"etag", "body", "link"}`` or None."""
-        if self.directory:
-            try:
-                with open(self._file(key), encoding="utf-8") as handle:
-                    entry = json.load(handle)
-                if (isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("etag"), str)
-                        and isinstance(entry.get("body"), str)):
-                    return entry
-            except (OSError, ValueError):
-                pass
-        with self._lock:
-            return self._memory.get(key)
-
-    def put(self, key, etag, body, link):
-        entry = {"key": key, "etag": etag, "body": body, "link": link}
-        with self._lock:
-            self._memory.pop(key, None)
-            self._memory[key] = entry
-            while len(self._memory) > MEMORY_CACHE_ENTRIES:
-                self._memory.pop(next(iter(self._memory)))
-        if not self.directory:
-            return
-        try:
-            write_atomic(self._file(key), json.dumps(entry), fsync=False)
-        except OSError as exc:
-            LOG.warning("cannot write the ETag cache in %s: %s", self.directory, exc.strerror)
 
 
 class ForgeClient:
@@ -348,14 +153,14 @@ class ForgeClient:
         self._org_members = {}
         self._app = None
         self._requester = None
-        _guard_pygithub_log()
+        wire.guard_pygithub_log()
 
         given = [name for name, value in (("token", token), ("token_file", token_file), ("app_id", app_id))
                  if value is not None]
         if len(given) > 1:
             raise ForgeError("give only one of token, token_file and app_id, not %s" % " and ".join(given))
         if token_file is not None:
-            token = _check_token(_read_secret_file(token_file, "token_file"), "token_file %s" % token_file)
+            token = _check_token(_read_secret(token_file, "GitHub token"), "token_file %s" % token_file)
         elif token is not None:
             token = _check_token(token, "the token option")
         if token is not None:
@@ -368,7 +173,7 @@ class ForgeClient:
         else:
             self._identity = "anonymous"
             self._requester = self._make_requester(None)
-        self._cache = EtagCache(etag_cache_dir)
+        self._cache = wire.EtagCache(etag_cache_dir)
 
     def _make_requester(self, auth):
         client = github.Github(auth=auth, base_url=self.api_url, timeout=max(int(math.ceil(self.timeout)), 1),
@@ -383,8 +188,8 @@ class ForgeClient:
             installation_id = int(installation_id)
         except (TypeError, ValueError):
             raise ForgeError("installation_id must be a number, not %r" % (installation_id,)) from None
-        key = _read_secret_file(app_key_file, "app_key_file")
-        self._secrets.add(key.strip())
+        key = _read_secret(app_key_file, "GitHub App key")
+        self._secrets.add(key)
         try:
             auth = github.Auth.AppAuth(str(app_id), key)
             auth.create_jwt()
@@ -420,15 +225,15 @@ class ForgeClient:
             raise ForgeError("GitHub answered POST %s without an installation token" % path)
         self._secrets.add(token)
         try:
-            expires = _epoch(data.get("expires_at") or "")
+            expires = wire.epoch(data.get("expires_at") or "")
         except ValueError:
             expires = time.time() + 3600
         app["token"], app["expires"] = token, expires
         self._requester = self._make_requester(github.Auth.Token(token))
-        LOG.debug("got an installation token of GitHub App %s, valid until %s", app["id"], _iso(expires))
+        LOG.debug("got an installation token of GitHub App %s, valid until %s", app["id"], wire.iso(expires))
 
     def _note_rate(self, headers):
-        remaining, reset = _int_header(headers, "x-ratelimit-remaining"), _int_header(headers, "x-ratelimit-reset")
+        remaining, reset = wire.int_header(headers, "x-ratelimit-remaining"), wire.int_header(headers, "x-ratelimit-reset")
         if remaining is not None:
             with self._lock:
                 self._remaining, self._reset = remaining, reset
@@ -445,9 +250,9 @@ class ForgeClient:
                 raise ForgeError(
                     "only %d GitHub API requests are left (min_remaining is %d) and the rate limit resets at %s, "
                     "in %d s: longer than max_wait (%g s); %s %s was not sent"
-                    % (remaining, self.min_remaining, _iso(reset), math.ceil(wait), self.max_wait, method, path),
+                    % (remaining, self.min_remaining, wire.iso(reset), math.ceil(wait), self.max_wait, method, path),
                     retry_at=reset)
-            LOG.info("%d GitHub API requests left: waiting %.0f s for the reset at %s", remaining, wait, _iso(reset))
+            LOG.info("%d GitHub API requests left: waiting %.0f s for the reset at %s", remaining, wait, wire.iso(reset))
             self._sleep(wait)
         with self._lock:
             self._remaining = None
@@ -455,14 +260,14 @@ class ForgeClient:
     def _retry_wait(self, method, path, status, headers, data, attempt):
         """Seconds to wait before retrying this answer, or None when retrying cannot help."""
         message = data.get("message") if isinstance(data, dict) else None
-        retry_after = _retry_after(headers)
+        retry_after = wire.retry_after(headers)
         if status in (403, 429):
-            reset = _int_header(headers, "x-ratelimit-reset")
+            reset = wire.int_header(headers, "x-ratelimit-reset")
             if retry_after is not None:
                 wait, why = retry_after, "asks to retry after %d s (Retry-After)" % math.ceil(retry_after)
             elif headers.get("x-ratelimit-remaining") == "0" and reset is not None:
                 wait = max(reset - time.time(), 0) + 1
-                why = "says the rate limit is used up until %s" % _iso(reset)
+                why = "says the rate limit is used up until %s" % wire.iso(reset)
             elif message and "secondary rate limit" in message.lower():
                 wait = SECONDARY_LIMIT_WAIT * 2 ** attempt
                 why = "reports a secondary rate limit (wait %d s)" % wait
@@ -471,7 +276,7 @@ class ForgeClient:
             if wait > self.max_wait:
                 raise ForgeError(self._redact(
                     "GitHub answered %d to %s %s and %s: longer than max_wait (%g s); retry after %s"
-                    % (status, method, path, why, self.max_wait, _iso(time.time() + wait))),
+                    % (status, method, path, why, self.max_wait, wire.iso(time.time() + wait))),
                     status=status, retry_at=time.time() + wait)
             return wait
         if status in TRANSIENT_STATUSES:
@@ -592,10 +397,10 @@ class ForgeClient:
             if not isinstance(listed, list):
                 raise ForgeError("GitHub answered GET %s with something that is not a list" % url[len(self.api_url):])
             pages.append(reply.data)
-            next_url = _next_link(reply.headers.get("link"))
+            next_url = wire.next_link(reply.headers.get("link"))
             if next_url is None and reply.not_modified and len(listed) >= PER_PAGE:
                 # a full page from the cache: a later page may have appeared since it was stored
-                next_url = _page_after(url)
+                next_url = wire.page_after(url)
             url = next_url
         return pages
 
@@ -610,12 +415,12 @@ class ForgeClient:
             for data in page:
                 if isinstance(data, dict) and data.get("number") not in numbers:
                     numbers.add(data.get("number"))
-                    result.append(_pull_dict(data))
+                    result.append(wire.pull_dict(data))
         return result
 
     def pull(self, repo, number):
         """Pull request ``number`` of ``repo`` as a pull dict."""
-        return _pull_dict(self._get("/repos/%s/pulls/%d" % (_check_repo(repo), int(number))).data)
+        return wire.pull_dict(self._get("/repos/%s/pulls/%d" % (_check_repo(repo), int(number))).data)
 
     def branch_sha(self, repo, branch):
         """The SHA ``branch`` of ``repo`` points at."""
@@ -678,13 +483,13 @@ class ForgeClient:
         """The pull requests of ``repo`` whose head is ``branch`` of ``repo`` itself, as pull dicts."""
         owner = _check_repo(repo).split("/")[0]
         pages = self._get_pages("/repos/%s/pulls" % repo, {"state": state, "head": "%s:%s" % (owner, branch)})
-        return [_pull_dict(data) for page in pages for data in page if isinstance(data, dict)]
+        return [wire.pull_dict(data) for page in pages for data in page if isinstance(data, dict)]
 
     def create_pull(self, repo, branch, base, title, body=None):
         """Open a pull request of ``branch`` into ``base``; returns its pull dict."""
         reply = self._request("POST", self._url("/repos/%s/pulls" % _check_repo(repo)),
                               body={"title": title, "head": branch, "base": base, "body": body})
-        return _pull_dict(reply.data)
+        return wire.pull_dict(reply.data)
 
     def update_pull(self, repo, number, **fields):
         """Change ``title``, ``body``, ``state`` or ``base`` of a pull request; returns its pull dict."""
@@ -693,7 +498,7 @@ class ForgeClient:
             raise ForgeError("update_pull: unknown fields %s" % ", ".join(sorted(unknown)))
         reply = self._request("PATCH", self._url("/repos/%s/pulls/%d" % (_check_repo(repo), int(number))),
                               body=fields)
-        return _pull_dict(reply.data)
+        return wire.pull_dict(reply.data)
 
     def combined_status(self, repo, sha):
         """``{"state", "statuses": {context: status}}``: GitHub's combined state and the newest
@@ -705,7 +510,7 @@ class ForgeClient:
         for page in pages:
             for data in page["statuses"]:
                 if isinstance(data, dict) and data.get("context") not in statuses:
-                    statuses[data.get("context")] = _status_dict(data)
+                    statuses[data.get("context")] = wire.status_dict(data)
         return {"state": pages[0].get("state"), "statuses": statuses}
 
     def create_status(self, repo, sha, state, context, description=None, target_url=None):
@@ -717,7 +522,7 @@ class ForgeClient:
             body["target_url"] = target_url
         reply = self._request("POST", self._url("/repos/%s/statuses/%s" % (_check_repo(repo), quote(sha, safe=""))),
                               body=body)
-        return _status_dict(reply.data)
+        return wire.status_dict(reply.data)
 
     def comments(self, repo, number, since=None):
         """The issue comments of pull request ``number`` (updated at or after ``since``, a datetime
@@ -727,12 +532,7 @@ class ForgeClient:
                 since = since.astimezone(datetime.timezone.utc)
             since = since.strftime("%Y-%m-%dT%H:%M:%SZ")
         pages = self._get_pages("/repos/%s/issues/%d/comments" % (_check_repo(repo), int(number)), {"since": since})
-        return [_comment_dict(data) for page in pages for data in page if isinstance(data, dict)]
-
-    def create_comment(self, repo, number, body):
-        reply = self._request("POST", self._url("/repos/%s/issues/%d/comments" % (_check_repo(repo), int(number))),
-                              body={"body": body})
-        return _comment_dict(reply.data)
+        return [wire.comment_dict(data) for page in pages for data in page if isinstance(data, dict)]
 
     def permission(self, repo, user):
         """``user``'s role on ``repo``: admin, maintain, write, triage, read or none (also for an
@@ -765,7 +565,7 @@ class ForgeClient:
         "content_type", "insecure_ssl" (bool), "has_secret" (bool), "created_at", "updated_at"}``.
         GitHub never returns a hook's secret, only whether there is one."""
         pages = self._get_pages("/repos/%s/hooks" % _check_repo(repo))
-        return [_hook_dict(data) for page in pages for data in page if isinstance(data, dict)]
+        return [wire.hook_dict(data) for page in pages for data in page if isinstance(data, dict)]
 
     def _hook_body(self, url, secret, events, content_type, active, insecure_ssl):
         if content_type not in CONTENT_TYPES:
@@ -779,14 +579,14 @@ class ForgeClient:
     def create_hook(self, repo, url, secret, events, content_type="json", active=True, insecure_ssl=False):
         """Create a webhook delivering ``events`` to ``url``, signed with ``secret`` (None: unsigned)."""
         body = dict(self._hook_body(url, secret, events, content_type, active, insecure_ssl), name="web")
-        return _hook_dict(self._request("POST", self._url("/repos/%s/hooks" % _check_repo(repo)), body=body).data)
+        return wire.hook_dict(self._request("POST", self._url("/repos/%s/hooks" % _check_repo(repo)), body=body).data)
 
     def update_hook(self, repo, hook_id, url, secret, events, content_type, active, insecure_ssl):
         """Set every setting of webhook ``hook_id``. GitHub replaces the whole config: a ``secret``
         of None removes the hook's secret."""
         body = self._hook_body(url, secret, events, content_type, active, insecure_ssl)
         path = "/repos/%s/hooks/%d" % (_check_repo(repo), int(hook_id))
-        return _hook_dict(self._request("PATCH", self._url(path), body=body).data)
+        return wire.hook_dict(self._request("PATCH", self._url(path), body=body).data)
 
     def delete_hook(self, repo, hook_id):
         self._request("DELETE", self._url("/repos/%s/hooks/%d" % (_check_repo(repo), int(hook_id))))

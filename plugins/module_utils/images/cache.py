@@ -36,22 +36,23 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import time
 
-from ansible_collections.testfleet.infra.plugins.module_utils.files import fsync_dir, remove_quietly
-from ansible_collections.testfleet.infra.plugins.module_utils.images.store import (
+from ansible_collections.testfleet.infra.plugins.module_utils.files import remove_quietly, rename_into_place, write_atomic
+from ansible_collections.testfleet.infra.plugins.module_utils.images.naming import (
     CHUNK,
     ImageError,
     ImageNameError,
-    ImageNotFound,
-    ImageStoreError,
-    IntegrityError,
     file_sha256,
     manifest_bytes,
     parse_image_file_name,
     parse_manifest,
     utc_now_iso,
+)
+from ansible_collections.testfleet.infra.plugins.module_utils.images.store import (
+    ImageNotFound,
+    ImageStoreError,
+    IntegrityError,
 )
 
 STATE = ".state"
@@ -231,7 +232,7 @@ class ImageCache:
     def _write_sidecar(self, ref, stat, used_at=None, verified_at=None):
         data = dict(_identity(stat), sha256=ref.sha256, verified_at=verified_at or time.time(),
                     used_at=used_at or time.time())
-        _atomic_write(self.sidecar_path(ref), json.dumps(data, sort_keys=True).encode("utf-8"), mode=0o644)
+        write_atomic(self.sidecar_path(ref), json.dumps(data, sort_keys=True), mode=0o644)
 
     def _sidecar_matches(self, ref, stat):
         data = self._read_sidecar(ref)
@@ -329,10 +330,9 @@ class ImageCache:
             size = manifest["size"]
             downloaded, resumed_from = self._download(store, ref, size, retries, progress, sleep)
             path = self.image_path(ref)
-            os.replace(self.partial_path(ref), path)
-            fsync_dir(self.root)
+            rename_into_place(self.partial_path(ref), path)
             self._write_sidecar(ref, os.stat(path))
-            _atomic_write(self.manifest_path(ref), manifest_bytes(manifest), mode=0o444)
+            write_atomic(self.manifest_path(ref), manifest_bytes(manifest), mode=0o444)
             result.update(manifest=manifest, size=size, changed=True, downloaded_bytes=downloaded,
                           resumed_from=resumed_from, verified="download")
             return result
@@ -349,7 +349,7 @@ class ImageCache:
         if manifest is None:
             raise ImageNotFound("%s is not published in %s (no manifest)" % (ref, store.describe()))
         if write:
-            _atomic_write(self.manifest_path(ref), manifest_bytes(manifest), mode=0o444)
+            write_atomic(self.manifest_path(ref), manifest_bytes(manifest), mode=0o444)
         return manifest
 
     def _download(self, store, ref, size, retries, progress, sleep):
@@ -526,18 +526,3 @@ class ImageCache:
 def _describe(error):
     text = str(error) or type(error).__name__
     return text if type(error).__name__ in text else "%s: %s" % (type(error).__name__, text)
-
-
-def _atomic_write(path, data, mode=0o644):
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise

@@ -20,14 +20,8 @@ from __future__ import annotations
 
 import re
 
-try:
-    import yaml
-    HAS_YAML = True
-except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
-    yaml = None
-    HAS_YAML = False
-
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils import files
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 DEFAULT_REFS_FILE = ".testfleet/images.yml"
 # A top-level entry written in block style: key, colon, value, optional comment.
@@ -40,13 +34,13 @@ class RefsFileError(ValueError):
 
 
 def parse_refs(text, source=DEFAULT_REFS_FILE):
-    """``{name: ImageRef}`` of the file's text (``""`` or None: an empty mapping)."""
-    if not HAS_YAML:  # pragma: no cover
-        raise RefsFileError("reading %s needs PyYAML" % source)
+    """``{name: ImageRef}`` of the file's text (``""`` or None: an empty mapping).
+
+    Parsed strictly: an image named twice is an error, not the last reference kept."""
     try:
-        data = yaml.safe_load(text or "")
-    except yaml.YAMLError as exc:
-        raise RefsFileError("%s is not valid YAML: %s" % (source, str(exc).replace("\n", " "))) from None
+        data = files.load_yaml(text or "", source)
+    except files.FileProblem as exc:
+        raise RefsFileError(str(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -55,14 +49,14 @@ def parse_refs(text, source=DEFAULT_REFS_FILE):
     refs = {}
     for key, value in data.items():
         try:
-            name = images.check_name(key) if isinstance(key, str) else None
-        except images.ImageNameError:
+            name = image_naming.check_name(key) if isinstance(key, str) else None
+        except image_naming.ImageNameError:
             name = None
         if name is None:
             raise RefsFileError("%s: %r is not an image name" % (source, key))
         try:
-            ref = images.parse_image_ref(value) if isinstance(value, str) else None
-        except images.ImageNameError:
+            ref = image_naming.parse_image_ref(value) if isinstance(value, str) else None
+        except image_naming.ImageNameError:
             ref = None
         if ref is None or ref.name != name:
             raise RefsFileError("%s: %s must be %s-<sha256>, not %r" % (source, name, name, value))
@@ -95,7 +89,7 @@ def set_ref(text, ref, source=DEFAULT_REFS_FILE):
             text += "\n"
         result = "%s%s: %s\n" % (text, ref.name, wanted)
     after = parse_refs(result, source)
-    expected = dict(before, **{ref.name: images.parse_image_ref(wanted)})
+    expected = dict(before, **{ref.name: image_naming.parse_image_ref(wanted)})
     if after != expected:
         raise RefsFileError("%s: changing the entry of %s would change other entries; edit it by hand"
                             % (source, ref.name))

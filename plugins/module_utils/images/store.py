@@ -1,13 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: testfleet developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""VM images: their names, their manifests and the image store (S3 or a local directory).
+"""The image store (S3 or a local directory): its interface, the directory store, open_store.
 
-Naming (content-addressed)
-    An image is the pair ``<name>-<sha256>.qcow2`` and ``<name>-<sha256>.manifest.json``:
-    ``<sha256>`` is the SHA-256 (64 lowercase hex digits) of the qcow2 file's bytes and
-    ``<name>`` matches :data:`NAME_RE` (``debian-12``, ``fedora-41.minimal``...). The manifest is
-    a JSON object with at least the keys of :data:`MANIFEST_KEYS`.
+Images are named as ``images/naming.py`` says (``<name>-<sha256>.qcow2`` and its
+``.manifest.json``); the S3 backend is ``images/s3_store.py``.
 
 The store
     A flat folder: both files of every image side by side, in an S3 bucket (any S3-compatible
@@ -19,9 +16,8 @@ The store
     Uploads never leave a partial object under a final name. S3: an object becomes visible
     only when its PutObject or CompleteMultipartUpload succeeds; the bytes are hashed as they are
     sent and a multipart upload whose bytes do not hash to the expected SHA-256 is aborted
-    instead of completed, so nothing appears. Each request carries ``Content-MD5``, which S3
-    servers check, so what is stored is what was hashed. The SHA-256 is stored as the object
-    metadata ``x-amz-meta-sha256`` and read back after the upload with the size. Directory: the
+    instead of completed, so nothing appears (see ``images/s3_store.py``); the SHA-256 is read
+    back after the upload with the size. Directory: the
     bytes are copied (and hashed) into ``.incoming/``, fsynced and renamed into place.
 
 boto3 is imported on first use of an S3 store (it costs about 0.2 s), so code that only names
@@ -30,32 +26,26 @@ images, or uses a directory store, neither needs nor pays for it.
 
 from __future__ import annotations
 
-import base64
 import collections
-import concurrent.futures
-import datetime
 import errno
 import hashlib
-import json
 import os
-import re
-import tempfile
 from urllib.parse import unquote, urlsplit
 
-from ansible_collections.testfleet.infra.plugins.module_utils.files import fsync_dir, remove_quietly
+from ansible_collections.testfleet.infra.plugins.module_utils.files import atomic_file, remove_quietly
+from ansible_collections.testfleet.infra.plugins.module_utils.images.naming import (
+    CHUNK,
+    ImageError,
+    ImageNameError,
+    ManifestError,
+    check_manifest,
+    file_sha256,
+    is_manifest_file_name,
+    manifest_bytes,
+    parse_image_file_name,
+    parse_manifest,
+)
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-IMAGE_SUFFIX = ".qcow2"
-MANIFEST_SUFFIX = ".manifest.json"
-_FILE_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})-(?P<sha256>[0-9a-f]{64})"
-                      r"(?P<suffix>\.qcow2|\.manifest\.json)$")
-_REF_RE = re.compile(r"^(?:(?P<name>[a-z0-9][a-z0-9._-]{0,63})-)?(?P<sha256>[0-9a-f]{64})(?:\.qcow2)?$")
-
-# What every manifest has; vm_image writes them, the store checks them.
-MANIFEST_KEYS = ("name", "sha256", "size", "recipe_sha256", "base", "packages", "built_at")
-
-CHUNK = 1024 * 1024
 DOWNLOAD_CHUNK = 64 * 1024   # what a download writes at a time (and keeps when it breaks)
 MIB = 1024 * 1024
 S3_MIN_PART = 5 * MIB        # S3's smallest part (all but the last)
@@ -63,20 +53,6 @@ S3_MAX_PARTS = 10000
 DEFAULT_PART_SIZE = 16 * MIB
 DEFAULT_CONCURRENCY = 4
 INCOMING = ".incoming"
-
-_BOTO = {}
-
-
-class ImageError(Exception):
-    """Base class of every error of this module; ``str()`` says what to fix."""
-
-
-class ImageNameError(ImageError, ValueError):
-    """A name, SHA-256, file name or image reference does not follow the naming rules."""
-
-
-class ManifestError(ImageError, ValueError):
-    """A manifest is not valid JSON, misses a key, or does not describe the image it goes with."""
 
 
 class ImageStoreError(ImageError):
@@ -100,173 +76,12 @@ class IntegrityError(ImageStoreError):
     """Bytes do not hash to the SHA-256 they should have, or a size is wrong."""
 
 
-class ImageRef(collections.namedtuple("ImageRef", "name sha256")):
-    """An image: its name and the SHA-256 of its qcow2 bytes (``name`` None in a bare-hash ref)."""
-
-    __slots__ = ()
-
-    @property
-    def image_file(self):
-        return image_file_name(self.name, self.sha256)
-
-    @property
-    def manifest_file(self):
-        return manifest_file_name(self.name, self.sha256)
-
-    def __str__(self):
-        return "%s-%s" % (self.name, self.sha256) if self.name else self.sha256
-
-
 ObjectInfo = collections.namedtuple("ObjectInfo", "size modified sha256")
 ObjectInfo.__doc__ = """A stored file: size in bytes, last change (seconds since the epoch), and
 the SHA-256 the store keeps as metadata (None when the backend has none, or it was not set)."""
 
 
-# --- naming -------------------------------------------------------------------------------------
-
-def check_name(name):
-    """Return ``name`` if it may name an image (:data:`NAME_RE`), else raise ImageNameError."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ImageNameError("an image name is 1-64 lowercase letters, digits, '.', '_' or '-', starting with a "
-                             "letter or digit; got %r" % (name,))
-    return name
-
-
-def check_sha256(sha256):
-    """Return ``sha256`` if it is 64 lowercase hex digits, else raise ImageNameError."""
-    if not isinstance(sha256, str) or not SHA256_RE.match(sha256):
-        raise ImageNameError("a SHA-256 is 64 lowercase hexadecimal digits; got %r" % (sha256,))
-    return sha256
-
-
-def image_file_name(name, sha256):
-    """``<name>-<sha256>.qcow2``."""
-    return "%s-%s%s" % (check_name(name), check_sha256(sha256), IMAGE_SUFFIX)
-
-
-def manifest_file_name(name, sha256):
-    """``<name>-<sha256>.manifest.json``."""
-    return "%s-%s%s" % (check_name(name), check_sha256(sha256), MANIFEST_SUFFIX)
-
-
-def parse_image_file_name(file_name):
-    """The :class:`ImageRef` of ``<name>-<sha256>.qcow2`` or ``<name>-<sha256>.manifest.json``.
-
-    ``file_name`` is a file name, not a path (use ``os.path.basename`` first). Anything else
-    raises ImageNameError.
-    """
-    match = _FILE_RE.match(file_name) if isinstance(file_name, str) else None
-    if not match:
-        raise ImageNameError("%r is not an image file name (<name>-<sha256>.qcow2 or <name>-<sha256>.manifest.json)"
-                             % (file_name,))
-    return ImageRef(match.group("name"), match.group("sha256"))
-
-
-def is_manifest_file_name(file_name):
-    return file_name.endswith(MANIFEST_SUFFIX)
-
-
-def parse_image_ref(text):
-    """An image reference as a person or a playbook writes it: ``<name>-<sha256>``,
-    ``<name>-<sha256>.qcow2`` or a bare ``<sha256>`` (then ``name`` is None)."""
-    match = _REF_RE.match(text.strip()) if isinstance(text, str) else None
-    if not match:
-        raise ImageNameError("%r is not an image reference (<name>-<sha256> or a 64-digit SHA-256)" % (text,))
-    return ImageRef(match.group("name"), match.group("sha256"))
-
-
-def file_sha256(path, progress=None):
-    """The SHA-256 (hex) of the file at ``path``.
-
-    ``progress(done_bytes, total_bytes)`` is called after each MiB read, and once at the end.
-    """
-    digest = hashlib.sha256()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb") as handle:
-        total = os.fstat(handle.fileno()).st_size
-        done = 0
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            digest.update(view[:count])
-            done += count
-            if progress is not None:
-                progress(done, total)
-    if progress is not None and done == 0:
-        progress(0, total)
-    return digest.hexdigest()
-
-
-def utc_now_iso():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# --- manifests ----------------------------------------------------------------------------------
-
-def make_manifest(name, sha256, size, recipe_sha256, base, packages, built_at=None, **extra):
-    """A manifest dict with the required keys (``built_at`` defaults to now, UTC) and ``extra``."""
-    manifest = dict(extra)
-    manifest.update(name=check_name(name), sha256=check_sha256(sha256), size=size, recipe_sha256=recipe_sha256,
-                    base=base, packages=list(packages), built_at=built_at or utc_now_iso())
-    return check_manifest(manifest)
-
-
-def manifest_bytes(manifest):
-    """The manifest as stored: JSON with sorted keys, two-space indent, a final newline."""
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def check_manifest(manifest, ref=None, size=None):
-    """Return ``manifest`` if it is valid (and describes ``ref`` and ``size`` when given)."""
-    if not isinstance(manifest, dict):
-        raise ManifestError("a manifest is a JSON object, got %s" % type(manifest).__name__)
-    missing = [key for key in MANIFEST_KEYS if key not in manifest]
-    if missing:
-        raise ManifestError("the manifest lacks %s" % ", ".join(missing))
-    try:
-        check_name(manifest["name"])
-        check_sha256(manifest["sha256"])
-    except ImageNameError as exc:
-        raise ManifestError("manifest: %s" % exc)
-    if not isinstance(manifest["size"], int) or isinstance(manifest["size"], bool) or manifest["size"] < 0:
-        raise ManifestError("manifest: size must be a number of bytes, got %r" % (manifest["size"],))
-    if not isinstance(manifest["packages"], list):
-        raise ManifestError("manifest: packages must be a list")
-    if ref is not None and (manifest["name"], manifest["sha256"]) != (ref.name, ref.sha256):
-        raise ManifestError("the manifest describes %s-%s, not %s" % (manifest["name"], manifest["sha256"], ref))
-    if size is not None and manifest["size"] != size:
-        raise ManifestError("the manifest of %s says %d bytes, the image has %d" % (manifest["name"], manifest["size"],
-                                                                                    size))
-    return manifest
-
-
-def parse_manifest(data, ref=None, size=None, source="manifest"):
-    """The manifest dict of ``data`` (bytes or str), checked with :func:`check_manifest`."""
-    try:
-        manifest = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
-    except ValueError as exc:
-        raise ManifestError("%s is not valid JSON: %s" % (source, exc))
-    try:
-        return check_manifest(manifest, ref, size)
-    except ManifestError as exc:
-        raise ManifestError("%s: %s" % (source, exc))
-
-
 # --- the store ----------------------------------------------------------------------------------
-
-def _boto():
-    if not _BOTO:
-        try:
-            import boto3
-            import botocore.config
-            import botocore.exceptions
-        except ImportError as exc:
-            raise MissingLibrary("boto3", exc)
-        _BOTO.update(boto3=boto3, config=botocore.config, exceptions=botocore.exceptions)
-    return _BOTO
-
 
 class Download:
     """An open read of a stored file from ``offset``: iterate ``chunks()``, then ``close()``.
@@ -294,7 +109,7 @@ class Download:
         self.close()
 
 
-class _HashingReader:
+class HashingReader:
     """Reads a file sequentially and hashes what it hands out (sent bytes = hashed bytes)."""
 
     def __init__(self, handle):
@@ -309,7 +124,7 @@ class _HashingReader:
         return data
 
 
-def _check_transfer(reader, ref, size, where):
+def check_transfer(reader, ref, size, where):
     if reader.count != size:
         raise IntegrityError("%s: read %d bytes of %s, expected %d (did the file change?)"
                              % (where, reader.count, ref.image_file, size))
@@ -439,52 +254,34 @@ class DirectoryStore(ImageStore):
             raise self._fail("create", folder, exc)
         return folder
 
-    def _commit(self, tmp, file_name):
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self._path(file_name))
-        fsync_dir(self.root)
+    def _new_file(self, file_name):
+        """A stream whose bytes become ``file_name`` when its block ends without error; they
+        are written in ``.incoming/`` (see :meth:`stale_incoming`) until then."""
+        return atomic_file(self._path(file_name), mode=0o644, prefix=file_name + ".", folder=self._incoming())
 
     def put_bytes(self, file_name, data):
-        path = self._path(file_name)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=file_name + ".", dir=self._incoming())
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                self._commit(tmp, file_name)
-            except BaseException:
-                remove_quietly(tmp)
-                raise
+            with self._new_file(file_name) as handle:
+                handle.write(data)
         except OSError as exc:
-            raise self._fail("write", path, exc)
+            raise self._fail("write", self._path(file_name), exc)
 
     def put_file(self, ref, path, size, progress=None):
         """Copy the qcow2 at ``path`` in, hashing it on the way; it gets its name only when
         the copy has ``size`` bytes that hash to ``ref.sha256``."""
-        target = self._path(ref.image_file)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=ref.image_file + ".", dir=self._incoming())
-            try:
-                with open(path, "rb") as source, os.fdopen(fd, "wb") as handle:
-                    reader = _HashingReader(source)
-                    while True:
-                        data = reader.read(CHUNK)
-                        if not data:
-                            break
-                        handle.write(data)
-                        if progress is not None:
-                            progress(reader.count, size)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                _check_transfer(reader, ref, size, "copy to %s" % self.root)
-                self._commit(tmp, ref.image_file)
-            except BaseException:
-                remove_quietly(tmp)
-                raise
+            with open(path, "rb") as source, self._new_file(ref.image_file) as handle:
+                reader = HashingReader(source)
+                while True:
+                    data = reader.read(CHUNK)
+                    if not data:
+                        break
+                    handle.write(data)
+                    if progress is not None:
+                        progress(reader.count, size)
+                check_transfer(reader, ref, size, "copy to %s" % self.root)
         except OSError as exc:
-            raise self._fail("write", target, exc)
+            raise self._fail("write", self._path(ref.image_file), exc)
 
     def read(self, file_name, offset=0):
         path = self._path(file_name)
@@ -542,234 +339,6 @@ class DirectoryStore(ImageStore):
         remove_quietly(os.path.join(self.root, INCOMING, os.path.basename(file_name)))
 
 
-class S3Store(ImageStore):
-    """An S3 bucket (any S3-compatible server): ``s3://<bucket>/<prefix>/<file>``."""
-
-    kind = "s3"
-
-    def __init__(self, bucket, prefix="", endpoint_url=None, region=None, access_key=None, secret_key=None,
-                 profile=None, ca_file=None, timeout=60.0, part_size=DEFAULT_PART_SIZE,
-                 concurrency=DEFAULT_CONCURRENCY, client=None):
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.endpoint_url = endpoint_url
-        self.part_size = max(int(part_size), S3_MIN_PART)
-        self.concurrency = max(1, int(concurrency))
-        if client is None:
-            boto = _boto()
-            config = boto["config"].Config(
-                signature_version="s3v4", connect_timeout=min(timeout, 30.0), read_timeout=timeout,
-                retries={"mode": "standard", "max_attempts": 5},
-                max_pool_connections=max(10, self.concurrency + 2),
-                # S3-compatible servers differ in the newer flexible checksums; Content-MD5 (below)
-                # is checked by all of them.
-                request_checksum_calculation="when_required", response_checksum_validation="when_required",
-                s3={"addressing_style": "path"} if endpoint_url else None)
-            try:
-                session = boto["boto3"].session.Session(
-                    aws_access_key_id=access_key, aws_secret_access_key=secret_key, profile_name=profile)
-                client = session.client("s3", endpoint_url=endpoint_url, config=config,
-                                        region_name=region or session.region_name or "us-east-1",
-                                        verify=ca_file if ca_file else None)
-            except boto["exceptions"].BotoCoreError as exc:
-                raise ImageStoreError("cannot set up the S3 client: %s" % exc)
-        self.client = client
-
-    def __repr__(self):
-        return "S3Store(%s, endpoint_url=%r)" % (self.describe(), self.endpoint_url)
-
-    def describe(self):
-        return "s3://%s/%s" % (self.bucket, self.prefix) if self.prefix else "s3://%s" % self.bucket
-
-    def _key(self, file_name):
-        if "/" in file_name or file_name in ("", ".", ".."):
-            raise ImageStoreError("invalid file name %r" % (file_name,))
-        return "%s/%s" % (self.prefix, file_name) if self.prefix else file_name
-
-    def location(self, file_name):
-        return "s3://%s/%s" % (self.bucket, self._key(file_name))
-
-    @staticmethod
-    def _error(exc):
-        response = getattr(exc, "response", None)
-        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
-            return response["Error"]
-        return {}
-
-    def _missing(self, exc):
-        return str(self._error(exc).get("Code")) in ("404", "NoSuchKey", "NotFound")
-
-    def _fail(self, what, key, exc):
-        error = self._error(exc)
-        if error:
-            code = error.get("Code", "?")
-            detail = "%s %s" % (code, error.get("Message", ""))
-            if code == "NoSuchBucket":
-                detail += " (create the bucket %s first, e.g. with the role image_store)" % self.bucket
-        else:
-            detail = "%s: %s" % (type(exc).__name__, exc)
-        if isinstance(exc, ImageError):
-            return exc
-        return ImageStoreError("S3 %s of s3://%s/%s failed: %s" % (what, self.bucket, key, detail.strip()))
-
-    def head(self, file_name):
-        key = self._key(file_name)
-        try:
-            answer = self.client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:  # botocore raises many unrelated classes
-            if self._missing(exc):
-                return None
-            raise self._fail("HEAD", key, exc)
-        modified = answer.get("LastModified")
-        return ObjectInfo(answer["ContentLength"], modified.timestamp() if modified else None,
-                          (answer.get("Metadata") or {}).get("sha256"))
-
-    def get(self, file_name):
-        key = self._key(file_name)
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except Exception as exc:
-            if self._missing(exc):
-                return None
-            raise self._fail("download", key, exc)
-
-    @staticmethod
-    def _md5(data):
-        return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
-
-    def put_bytes(self, file_name, data, content_type="application/json"):
-        key = self._key(file_name)
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentMD5=self._md5(data),
-                                   ContentType=content_type,
-                                   Metadata={"sha256": hashlib.sha256(data).hexdigest()})
-        except Exception as exc:
-            raise self._fail("upload", key, exc)
-
-    def put_file(self, ref, path, size, progress=None):
-        """Upload the qcow2 at ``path`` as ``ref.image_file`` with the metadata ``sha256``.
-
-        Up to one part size: read, hashed and checked, then one PutObject. Larger: a multipart
-        upload, parts read in order (and hashed) and sent by ``concurrency`` threads; completed
-        only when all the bytes hash to ``ref.sha256``, aborted otherwise.
-        """
-        key = self._key(ref.image_file)
-        metadata = {"sha256": ref.sha256, "testfleet-image": ref.name}
-        try:
-            with open(path, "rb") as handle:
-                reader = _HashingReader(handle)
-                if size <= self.part_size:
-                    data = reader.read(size + 1)
-                    _check_transfer(reader, ref, size, "upload to %s" % self.describe())
-                    self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentMD5=self._md5(data),
-                                           ContentType="application/octet-stream", Metadata=metadata)
-                    if progress is not None:
-                        progress(size, size)
-                    return
-                self._multipart(key, reader, ref, size, metadata, progress)
-        except OSError as exc:
-            raise ImageStoreError("cannot read %s: %s" % (path, exc.strerror or exc))
-        except Exception as exc:
-            raise self._fail("upload", key, exc)
-
-    def _part_size(self, size):
-        part = self.part_size
-        while (size + part - 1) // part > S3_MAX_PARTS:
-            part *= 2
-        return part
-
-    def _multipart(self, key, reader, ref, size, metadata, progress):
-        part_size = self._part_size(size)
-        upload_id = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=key, Metadata=metadata, ContentType="application/octet-stream")["UploadId"]
-        try:
-            etags = {}
-            sent = [0]
-
-            def collect(done):
-                for future in done:
-                    number, etag, length = future.result()
-                    etags[number] = etag
-                    sent[0] += length
-                    if progress is not None:
-                        progress(sent[0], size)
-
-            with concurrent.futures.ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                pending = set()
-                number = 0
-                while True:
-                    data = reader.read(part_size)
-                    if not data:
-                        break
-                    number += 1
-                    pending.add(pool.submit(self._upload_part, key, upload_id, number, data))
-                    # at most `concurrency` parts in memory
-                    while len(pending) >= self.concurrency:
-                        done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                        collect(done)
-                done, pending = concurrent.futures.wait(pending)
-                collect(done)
-            _check_transfer(reader, ref, size, "upload to %s" % self.describe())
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]})
-        except BaseException:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except Exception:
-                pass  # the bucket's lifecycle rule for incomplete uploads cleans up
-            raise
-
-    def _upload_part(self, key, upload_id, number, data):
-        answer = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                         Body=data, ContentMD5=self._md5(data))
-        return number, answer["ETag"], len(data)
-
-    def read(self, file_name, offset=0):
-        key = self._key(file_name)
-        extra = {"Range": "bytes=%d-" % offset} if offset > 0 else {}
-        try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
-        except Exception as exc:
-            if self._missing(exc):
-                raise ImageNotFound("%s is not in the store" % self.location(file_name))
-            if self._error(exc).get("Code") == "InvalidRange":
-                # the partial file is as long as the object (or longer): start again
-                return self.read(file_name, 0)
-            raise self._fail("download", key, exc)
-        start, total = 0, answer["ContentLength"]
-        content_range = answer.get("ContentRange")
-        if content_range:  # "bytes 600-999/1000"
-            match = re.match(r"bytes (\d+)-\d+/(\d+)$", content_range)
-            if not match:
-                answer["Body"].close()
-                raise ImageStoreError("S3 download of %s: unexpected Content-Range %r" % (key, content_range))
-            start, total = int(match.group(1)), int(match.group(2))
-        body = answer["Body"]
-        return Download(start, total, body.iter_chunks(DOWNLOAD_CHUNK), body.close)
-
-    def list_files(self):
-        prefix = self.prefix + "/" if self.prefix else ""
-        found = []
-        try:
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-                for item in page.get("Contents", ()):
-                    found.append((item["Key"][len(prefix):],
-                                  ObjectInfo(item["Size"], item["LastModified"].timestamp(), None)))
-        except Exception as exc:
-            raise self._fail("listing", prefix, exc)
-        return found
-
-    def delete(self, file_name):
-        key = self._key(file_name)
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            if not self._missing(exc):
-                raise self._fail("delete", key, exc)
-
-
 def open_store(url, endpoint_url=None, region=None, access_key=None, secret_key=None, profile=None, ca_file=None,
                timeout=60.0, part_size=DEFAULT_PART_SIZE, concurrency=DEFAULT_CONCURRENCY, client=None):
     """The store at ``url``: ``s3://bucket[/prefix]``, ``file:///dir`` or a plain directory path."""
@@ -777,9 +346,11 @@ def open_store(url, endpoint_url=None, region=None, access_key=None, secret_key=
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ImageStoreError("image store %s names no bucket (s3://bucket/prefix)" % url)
-        return S3Store(parts.netloc, unquote(parts.path), endpoint_url=endpoint_url, region=region,
-                       access_key=access_key, secret_key=secret_key, profile=profile, ca_file=ca_file,
-                       timeout=timeout, part_size=part_size, concurrency=concurrency, client=client)
+        from ansible_collections.testfleet.infra.plugins.module_utils.images import s3_store  # boto3 on first use
+
+        return s3_store.S3Store(parts.netloc, unquote(parts.path), endpoint_url=endpoint_url, region=region,
+                                access_key=access_key, secret_key=secret_key, profile=profile, ca_file=ca_file,
+                                timeout=timeout, part_size=part_size, concurrency=concurrency, client=client)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ImageStoreError("image store %s: a file:// URL names a local directory (file:///dir)" % url)

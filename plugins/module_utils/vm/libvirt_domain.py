@@ -12,14 +12,14 @@ directory, ``ssh_config``, the keeper process and its state file.
 
 The domain is **transient** (``virDomainCreateXML``, never defined) and started with
 ``VIR_DOMAIN_START_AUTODESTROY``: libvirtd destroys it as soon as the connection that created
-it closes. That connection belongs to the keeper (vm_run.start_detached), so the domain goes
+it closes. That connection belongs to the keeper (``vm/detached.py`` start_detached), so the domain goes
 when the keeper stops it (``state: absent``, the owner ``ansible-playbook`` gone, the lifetime
 over) and also when the keeper dies in any way, SIGKILL included: the kernel closes its socket
 and libvirtd destroys the domain (the libvirt counterpart of vm_run's ``PR_SET_PDEATHSIG``). A
 transient domain leaves no definition behind once destroyed. When the connection to libvirtd
 breaks (libvirtd stopped cleanly destroys the domain itself; libvirtd killed and restarted takes
 the domain back without autodestroy), the keeper reconnects and destroys the domain itself.
-:func:`stop_detached` destroys a domain its keeper left (by UUID) before it removes the run
+``detached.stop_detached`` destroys a domain its keeper left (by UUID) before it removes the run
 directory.
 
 QEMU runs as the user of the process that starts the domain and libvirt relabels nothing
@@ -187,11 +187,6 @@ def domain_xml(name, disk, accel="tcg", memory=1024, cpus=2, kernel=None, initrd
 
 
 # --- is there a libvirtd? -----------------------------------------------------------------------
-
-def _open(uri):
-    _need_binding()
-    return libvirt.open(uri)
-
 
 def probe_libvirt(uri=DEFAULT_URI):
     """``(True, reason)`` when the binding imports and a QEMU libvirtd answers on ``uri``, else
@@ -439,27 +434,3 @@ class LibvirtMachine(vm_run.VirtualMachine):
                              "start_s": self.start_seconds, "domain_xml": self.domain_file,
                              "log": log_file(self.domain_name, self.uri)})
         return info
-
-
-def stop_detached(run_dir, timeout=30.0):
-    """vm_run.stop_detached for a VM of either backend: for a libvirt VM, its keeper is asked to
-    stop first (it destroys the domain), and a domain still there afterwards (its keeper was
-    lost) is destroyed by UUID. Returns True when a VM was running."""
-    state = vm_run.read_state(run_dir)
-    if not state or state.get("backend") != "libvirt":
-        return vm_run.stop_detached(run_dir, timeout=timeout)
-    keeper, keeper_start = state.get("keeper_pid"), state.get("keeper_start")
-    if vm_run.process_alive(keeper, keeper_start):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(keeper, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and vm_run.process_alive(keeper, keeper_start):
-            time.sleep(0.2)
-        if vm_run.process_alive(keeper, keeper_start):  # its connection closes: libvirtd destroys the domain
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(keeper, signal.SIGKILL)
-    details = state.get("libvirt") or {}
-    if details.get("uuid") and libvirt is not None:
-        with contextlib.suppress(vm_run.VmError):
-            destroy_domain(details.get("uri") or DEFAULT_URI, details["uuid"], attempts=3, delay=1.0)
-    return vm_run.stop_detached(run_dir, timeout=timeout) or state["running"]

@@ -15,20 +15,18 @@ ever part of an image. Port 22 of the guest is forwarded from a free port on 127
 directory lets anyone reach the VM with ``ssh -F <run dir>/ssh_config <name>``.
 
 Acceleration: KVM when it works, else TCG (``-accel tcg -cpu max``). /dev/kvm existing is not
-enough (on some hosts KVM guests hang), so :func:`choose_accel` finds out by trying, as the
-worker role's probe does: it boots the image's kernel under KVM with no root file system and
-waits for the kernel's panic; the result is kept in a small JSON file (the worker's
+enough (on some hosts KVM guests hang), so :func:`choose_accel` finds out by trying, with the
+probe of ``vm/kvm.py`` (which the worker role runs too): it boots a kernel under KVM with no root
+file system and waits for the kernel's panic; the result is kept in a small JSON file (the worker's
 ``kvm-probe.json`` has the same shape and can be used).
 
 Teardown: QEMU runs in its own process group and gets SIGKILL when the process that started it
 dies (``PR_SET_PDEATHSIG``), whatever the way it died. :class:`VirtualMachine` is a context
 manager that stops the VM on exit, and while a VM runs, SIGTERM, SIGINT and SIGHUP stop it
-before the process goes on with the signal. :func:`start_detached` starts a VM that outlives
-the call (a job's later tasks use it) under a small keeper process that stops it when asked
-(:func:`stop_detached`), when its owner (the ``ansible-playbook`` process, so a cancelled job)
-goes away, or after ``lifetime`` seconds.
+before the process goes on with the signal. ``vm/detached.py`` starts a VM that outlives the
+call (a job's later tasks use it) under a small keeper process, and stops it (either backend).
 
-vm_libvirt.py starts the same VM through libvirt (``LibvirtMachine``, a subclass that only
+``vm/libvirt_domain.py`` starts the same VM through libvirt (``LibvirtMachine``, a subclass that only
 launches, checks and stops QEMU differently), under the same keeper.
 """
 
@@ -36,13 +34,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import fcntl
-import glob
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -51,11 +46,12 @@ import tempfile
 import threading
 import time
 
-DEFAULT_QEMU = "qemu-system-x86_64"
+from ansible_collections.testfleet.infra.plugins.module_utils.files import write_atomic
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import kvm
+
+DEFAULT_QEMU = kvm.DEFAULT_QEMU
 FW_CFG_AUTHORIZED_KEYS = "opt/org.testfleet/authorized_keys"
 FW_CFG_HOST_KEY = "opt/org.testfleet/ssh_host_ed25519_key"
-KVM_PANIC = b"Unable to mount root fs"
-_PR_SET_PDEATHSIG = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -64,14 +60,6 @@ class VmError(Exception):
 
 
 # --- small helpers ------------------------------------------------------------------------------
-
-def _die_with_parent():
-    """In the child before exec: SIGKILL when the parent dies (survives exec)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
 
 def process_start_time(pid):
     """The start time of a process (clock ticks since boot), or None when it does not exist:
@@ -143,7 +131,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def _tail(path, lines=12):
+def file_tail(path, lines=12):
     try:
         with open(path, "rb") as handle:
             handle.seek(max(0, os.path.getsize(path) - 16384))
@@ -164,12 +152,8 @@ def _run(argv, what, timeout=120):
     return proc.stdout
 
 
-def _write_json(path, data):
-    partial = path + ".part"
-    with open(partial, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-    os.replace(partial, path)
+def write_json(path, data):
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=0o644, fsync=False)
 
 
 def read_json(path):
@@ -224,32 +208,6 @@ def user_netdev(netdev_id, ssh_port=None, forwards=()):
 
 # --- KVM: does it work? -------------------------------------------------------------------------
 
-def probe_kvm(kernel, qemu=None, timeout=20.0):
-    """Boot ``kernel`` under KVM without a root file system; KVM works when the kernel reaches
-    its "Unable to mount root fs" panic within ``timeout`` seconds. Returns (works, reason)."""
-    binary = shutil.which(qemu or DEFAULT_QEMU)
-    if binary is None:
-        return False, "%s is not installed" % (qemu or DEFAULT_QEMU)
-    argv = [binary, "-machine", "pc", "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none",
-            "-no-user-config", "-serial", "stdio", "-kernel", kernel, "-append", "console=ttyS0 panic=-1 loglevel=3",
-            "-no-reboot"]
-    with tempfile.TemporaryFile() as output:
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, check=False,
-                                  preexec_fn=_die_with_parent)
-            status = proc.returncode
-        except subprocess.TimeoutExpired:
-            status = None
-        output.seek(0)
-        text = output.read()
-    if KVM_PANIC in text:
-        return True, "a KVM guest booted %s to its root-fs panic" % os.path.basename(kernel)
-    if status is None:
-        return False, "a KVM guest did not boot within %d s: it hangs" % timeout
-    last = text.decode("utf-8", "replace").strip().splitlines()
-    return False, "qemu ended with status %d before the KVM guest booted: %s" % (status, last[-1] if last else "")
-
-
 def choose_accel(accel="auto", kernel=None, probe_file=None, qemu=None, probe_timeout=20.0):
     """``(accel, reason)``: ``kvm`` or ``tcg``. ``auto`` uses KVM only when it works here: a
     probe result kept in ``probe_file`` (``{"kvm": bool, "reason": ...}``), else a probe with
@@ -265,17 +223,15 @@ def choose_accel(accel="auto", kernel=None, probe_file=None, qemu=None, probe_ti
     saved = read_json(probe_file) if probe_file else None
     if isinstance(saved, dict) and isinstance(saved.get("kvm"), bool):
         return ("kvm" if saved["kvm"] else "tcg"), "KVM probe (%s): %s" % (probe_file, saved.get("reason", ""))
-    if kernel is None:
-        found = sorted(glob.glob("/boot/vmlinuz-*"))
-        kernel = found[-1] if found else None
+    kernel = kernel or kvm.newest_host_kernel()
     if kernel is None:
         return "tcg", "no kernel to probe KVM with"
-    works, reason = probe_kvm(kernel, qemu=qemu, timeout=probe_timeout)
+    works, reason = kvm.probe(kernel, qemu=qemu, timeout=probe_timeout)
     if probe_file:
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(os.path.abspath(probe_file)), exist_ok=True)
-            _write_json(probe_file, {"kvm": works, "reason": reason, "kernel": kernel,
-                                     "probed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            write_json(probe_file, {"kvm": works, "reason": reason, "kernel": kernel,
+                                    "probed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return ("kvm" if works else "tcg"), "KVM probe: %s" % reason
 
 
@@ -402,7 +358,7 @@ def wait_for_ssh(target, deadline, alive, console=None, interval=0.5):
     last = "no answer"
     while True:
         if not alive():
-            raise VmError("the VM stopped before it answered over SSH: %s" % (_tail(console) if console else ""))
+            raise VmError("the VM stopped before it answered over SSH: %s" % (file_tail(console) if console else ""))
         if target.banner():
             try:
                 proc = target.run("uname -a", timeout=30)
@@ -415,16 +371,16 @@ def wait_for_ssh(target, deadline, alive, console=None, interval=0.5):
                 last = (proc.stderr or proc.stdout).strip() or "ssh exit %d" % proc.returncode
         if time.monotonic() > deadline:
             raise VmError("the VM did not answer over SSH in time (last: %s); its console: %s"
-                          % (last, _tail(console) if console else ""))
+                          % (last, file_tail(console) if console else ""))
         time.sleep(interval)
 
 
 # --- one VM -------------------------------------------------------------------------------------
 
 _RUNNING = set()
-_GUARD = {"installed": False, "previous": {}}
+SIGNAL_GUARD = {"installed": False, "previous": {}}
 _GUARD_LOCK = threading.Lock()
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _stop_all():
@@ -435,7 +391,7 @@ def _stop_all():
 
 def _on_signal(signum, frame):
     # read before stopping: the last VM's stop() restores (and forgets) the previous handlers
-    previous = _GUARD["previous"].get(signum, signal.SIG_DFL)
+    previous = SIGNAL_GUARD["previous"].get(signum, signal.SIG_DFL)
     _stop_all()
     _restore_signals()
     if callable(previous):
@@ -446,23 +402,23 @@ def _on_signal(signum, frame):
 
 def _install_signals():
     with _GUARD_LOCK:
-        if _GUARD["installed"] or threading.current_thread() is not threading.main_thread():
+        if SIGNAL_GUARD["installed"] or threading.current_thread() is not threading.main_thread():
             return
-        for signum in _SIGNALS:
+        for signum in STOP_SIGNALS:
             if signal.getsignal(signum) == signal.SIG_IGN:
                 continue  # ignored by this process (nohup, a background job): it stays ignored
-            _GUARD["previous"][signum] = signal.signal(signum, _on_signal)
-        _GUARD["installed"] = True
+            SIGNAL_GUARD["previous"][signum] = signal.signal(signum, _on_signal)
+        SIGNAL_GUARD["installed"] = True
 
 
 def _restore_signals():
     with _GUARD_LOCK:
-        if not _GUARD["installed"] or threading.current_thread() is not threading.main_thread():
+        if not SIGNAL_GUARD["installed"] or threading.current_thread() is not threading.main_thread():
             return
-        for signum, previous in _GUARD["previous"].items():
+        for signum, previous in SIGNAL_GUARD["previous"].items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        _GUARD["previous"].clear()
-        _GUARD["installed"] = False
+        SIGNAL_GUARD["previous"].clear()
+        SIGNAL_GUARD["installed"] = False
 
 
 atexit.register(_stop_all)
@@ -546,7 +502,7 @@ class VirtualMachine:
                 self.started_at = time.monotonic()
                 try:
                     self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                                 start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
+                                                 start_new_session=True, preexec_fn=kvm.die_with_parent, close_fds=True)
                 except OSError as exc:
                     raise VmError("cannot run %s: %s" % (self.qemu, exc.strerror or exc))
             with open(os.path.join(self.run_dir, "ssh_config"), "w") as handle:
@@ -555,10 +511,10 @@ class VirtualMachine:
             deadline = time.monotonic() + 1.0
             while time.monotonic() < deadline and self.proc.poll() is None:
                 time.sleep(0.05)
-            if self.proc.poll() is None or "host forwarding" not in _tail(self.qemu_log):
+            if self.proc.poll() is None or "host forwarding" not in file_tail(self.qemu_log):
                 return
         raise VmError("QEMU could not forward a port on 127.0.0.1 after %d attempts: %s"
-                      % (self.port_attempts, _tail(self.qemu_log)))
+                      % (self.port_attempts, file_tail(self.qemu_log)))
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -570,7 +526,7 @@ class VirtualMachine:
         try:
             wait_for_ssh(self.target, self.started_at + timeout, self.alive, self.console)
         except VmError as exc:
-            raise VmError("%s (%s, %s; QEMU: %s)" % (exc, self.accel, self.accel_reason, _tail(self.qemu_log, 3)))
+            raise VmError("%s (%s, %s; QEMU: %s)" % (exc, self.accel, self.accel_reason, file_tail(self.qemu_log, 3)))
         self.boot_to_ssh = round(time.monotonic() - self.started_at, 2)
         return self.boot_to_ssh
 
@@ -628,168 +584,6 @@ class VirtualMachine:
                 "qemu_start": process_start_time(self.proc.pid) if self.proc else None,
                 "ssh": self.target.describe() if self.target else None, "forwards": dict(self.forwards),
                 "console": self.console, "boot": self.boot.get("mode")}
-
-
-# --- a VM that outlives the call: the keeper ----------------------------------------------------
-
-STATE_FILE = "instance.json"
-
-
-def start_detached(vm, owner_pid=None, lifetime=None, ready_timeout=60.0):
-    """Start ``vm`` (a VirtualMachine, not started) under a keeper process that outlives this
-    one; return the instance's state (also in ``<run dir>/instance.json``).
-
-    The keeper (its own session; stdout and stderr in ``<run dir>/keeper.log``) stops the VM
-    and removes its run directory when it gets SIGTERM, SIGINT or SIGHUP (:func:`stop_detached`),
-    when ``owner_pid`` ends, or after ``lifetime`` seconds. When QEMU ends by itself, the run
-    directory stays (state ``stopped``, the console log) until :func:`stop_detached`. QEMU dies
-    with the keeper (PR_SET_PDEATHSIG), even when the keeper is killed with SIGKILL.
-    """
-    os.makedirs(vm.run_dir, mode=0o700, exist_ok=True)
-    owner_start = process_start_time(owner_pid) if owner_pid else None
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked processes
-        try:
-            os.close(read_end)
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            _keeper(vm, write_end, owner_pid, owner_start, lifetime)
-        finally:
-            os._exit(1)
-    os.close(write_end)
-    os.waitpid(child, 0)
-    chunks = []
-    deadline = time.monotonic() + ready_timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise VmError("the VM keeper did not report within %d s (see %s)"
-                              % (ready_timeout, os.path.join(vm.run_dir, "keeper.log")))
-            ready, dummy, dummy = select.select([read_end], [], [], left)
-            if not ready:
-                continue
-            data = os.read(read_end, 65536)
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(read_end)
-    try:
-        report = json.loads(b"".join(chunks).decode("utf-8"))
-    except ValueError:
-        raise VmError("the VM keeper ended without a report: %s" % _tail(os.path.join(vm.run_dir, "keeper.log")))
-    if not report.get("ok"):
-        raise VmError(report.get("error") or "the VM did not start")
-    return report["state"]
-
-
-def _log_line(text):
-    """A line to the keeper's log (its stdout)."""
-    with contextlib.suppress(OSError):
-        os.write(1, ("%s keeper %d: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), os.getpid(), text)).encode("utf-8"))
-
-
-def _keeper(vm, report_fd, owner_pid, owner_start, lifetime):  # pragma: no cover - runs in the forked keeper
-    log = os.open(os.path.join(vm.run_dir, "keeper.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    for fd in (null, log):
-        os.close(fd)
-    os.closerange(3, report_fd)
-    os.closerange(report_fd + 1, 65536)
-    stop = {"reason": None}
-
-    def on_signal(signum, frame):
-        stop["reason"] = stop["reason"] or "asked to stop (signal %d)" % signum
-
-    for signum in _SIGNALS:
-        signal.signal(signum, on_signal)
-    _GUARD["installed"] = True  # this process handles its own signals
-    state_path = os.path.join(vm.run_dir, STATE_FILE)
-    try:
-        vm.start()
-        state = vm.info()
-        state.update(state="running", keeper_pid=os.getpid(), keeper_start=process_start_time(os.getpid()),
-                     owner_pid=owner_pid, owner_start=owner_start, started_at=time.time(),
-                     deadline=time.time() + lifetime if lifetime else None)
-        _write_json(state_path, state)
-        os.write(report_fd, json.dumps({"ok": True, "state": state}).encode("utf-8"))
-    except BaseException as exc:  # report anything, then end
-        with contextlib.suppress(OSError):
-            os.write(report_fd, json.dumps({"ok": False, "error": str(exc) or type(exc).__name__}).encode("utf-8"))
-        with contextlib.suppress(Exception):
-            vm.stop()
-        os._exit(1)
-    os.close(report_fd)
-    _log_line("VM %s runs (%s, ssh port %d)" % (vm.name, vm.describe_process(), vm.target.port))
-    crashed = False
-    while stop["reason"] is None:
-        if not vm.alive():
-            crashed = True
-            stop["reason"] = vm.exit_reason()
-        elif owner_pid and not process_alive(owner_pid, owner_start):
-            stop["reason"] = "its owner (pid %d) ended" % owner_pid
-        elif state.get("deadline") and time.time() > state["deadline"]:
-            stop["reason"] = "its lifetime of %d s is over" % lifetime
-        else:
-            time.sleep(1.0)
-    _log_line("stopping the VM: %s" % stop["reason"])
-    # a VM that ended by itself keeps its run directory (console log) until state=absent
-    vm.keep_run_dir = crashed
-    with contextlib.suppress(Exception):
-        vm.stop()
-    if crashed:
-        state.update(state="stopped", reason=stop["reason"], stopped_at=time.time())
-        with contextlib.suppress(OSError):
-            _write_json(state_path, state)
-    os._exit(0)
-
-
-def read_state(run_dir):
-    """The state of a detached VM (``instance.json``), with ``running`` (its keeper or QEMU
-    still runs), or None when there is none."""
-    state = read_json(os.path.join(run_dir, STATE_FILE))
-    if not isinstance(state, dict):
-        return None
-    state["running"] = bool(process_alive(state.get("keeper_pid"), state.get("keeper_start"))
-                            or process_alive(state.get("qemu_pid"), state.get("qemu_start")))
-    return state
-
-
-def stop_detached(run_dir, timeout=30.0):
-    """Stop the detached VM of ``run_dir`` (if any) and remove ``run_dir``. Returns True when a
-    VM was running. Only the processes recorded in its state (pid and start time) are signalled."""
-    state = read_state(run_dir)
-    was_running = bool(state and state["running"])
-    if state:
-        keeper, keeper_start = state.get("keeper_pid"), state.get("keeper_start")
-        qemu_pid, qemu_start = state.get("qemu_pid"), state.get("qemu_start")
-        if process_alive(keeper, keeper_start):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(keeper, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (process_alive(keeper, keeper_start)
-                                               or process_alive(qemu_pid, qemu_start)):
-            time.sleep(0.2)
-        # QEMU started by libvirtd is not the leader of a process group of its own
-        own_group = state.get("backend", "qemu") == "qemu"
-        for pid, start, group in ((qemu_pid, qemu_start, own_group), (keeper, keeper_start, False)):
-            if process_alive(pid, start):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    if group:
-                        os.killpg(pid, signal.SIGKILL)
-                    else:
-                        os.kill(pid, signal.SIGKILL)
-    if os.path.isdir(run_dir):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if os.path.exists(run_dir):
-            raise VmError("cannot remove %s" % run_dir)
-    return was_running
 
 
 def instance_dir(state_dir, name):

@@ -75,8 +75,8 @@ class LocalStore:
         """Names of the files in the job's folder (``attachments/...`` included), sorted."""
         top = os.path.join(self.root, check_job_id(job_id))
         names = []
-        for folder, dummy, files in os.walk(top):
-            for filename in files:
+        for folder, dummy, file_names in os.walk(top):
+            for filename in file_names:
                 if not filename.startswith(".tmp-"):
                     names.append(os.path.relpath(os.path.join(folder, filename), top).replace(os.sep, "/"))
         return sorted(names)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 S3_ACCESS_KEY = "testfleet-test"
 S3_SECRET = "moto-secret-do-not-print-0123456789"
@@ -35,15 +36,15 @@ def make_image(tmp_path):
         sha = hashlib.sha256(data).hexdigest()
         folder = folder or (tmp_path / "build")
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / images.image_file_name(name, sha)
+        path = folder / image_naming.image_file_name(name, sha)
         path.write_bytes(data)
-        manifest = images.make_manifest(name, sha, len(data), recipe_sha256="ab" * 32,
+        manifest = image_naming.make_manifest(name, sha, len(data), recipe_sha256="ab" * 32,
                                         base={"kind": "debootstrap", "suite": "bookworm"},
                                         packages=["linux-image-amd64", "openssh-server"])
-        manifest_path = folder / images.manifest_file_name(name, sha)
-        manifest_path.write_bytes(images.manifest_bytes(manifest))
+        manifest_path = folder / image_naming.manifest_file_name(name, sha)
+        manifest_path.write_bytes(image_naming.manifest_bytes(manifest))
         return types.SimpleNamespace(path=str(path), manifest_path=str(manifest_path), name=name, sha256=sha,
-                                     size=len(data), data=data, ref=images.ImageRef(name, sha), manifest=manifest)
+                                     size=len(data), data=data, ref=image_naming.ImageRef(name, sha), manifest=manifest)
     return make
 
 

@@ -72,7 +72,6 @@ def test_defaults_of_an_empty_file(tmp_path):
     assert webhook["events"]["pull_request"] == ["opened", "synchronize", "reopened", "closed",
                                                  "ready_for_review", "labeled"]
     assert loaded.testmap is None and loaded.topology == {}
-    assert loaded.expanded_topology()["exchanges"][1]["name"] == "testfleet"
 
 
 def test_a_program_asks_for_the_keys_it_requires(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def _record_running_vm(tmp_path, image, backend):
                      "known_hosts_file": str(run_dir / "known_hosts"), "host_key_alias": "testfleet-vm-job-1"}}
     if backend == "libvirt":
         state["libvirt"] = {"uri": "qemu:///system", "domain": "testfleet-job-1-12345678", "uuid": "u", "start_s": 0.5}
-    (run_dir / vm_run.STATE_FILE).write_text(json.dumps(state))
+    (run_dir / vm_detached.STATE_FILE).write_text(json.dumps(state))
     return run_dir
 
 

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import CacheBusy, ImageCache, ProgressLog
 
 
@@ -73,7 +74,7 @@ def test_fetch_downloads_verifies_and_then_trusts_the_sidecar(tmp_path, publishe
     assert result["path"] == str(path) and path.read_bytes() == image.data
     assert stat.S_IMODE(path.stat().st_mode) == 0o444
     assert result["manifest"] == image.manifest
-    assert images.parse_manifest((tmp_path / "cache" / image.ref.manifest_file).read_bytes()) == image.manifest
+    assert image_naming.parse_manifest((tmp_path / "cache" / image.ref.manifest_file).read_bytes()) == image.manifest
     assert not os.path.exists(cache.partial_path(image.ref))
     sidecar = json.loads(open(cache.sidecar_path(image.ref)).read())
     assert sidecar["sha256"] == image.sha256 and sidecar["size"] == image.size
@@ -215,7 +216,7 @@ def test_parallel_fetches_download_once(tmp_path, published):
 def test_lock_timeout_and_a_lock_file_removed_while_waiting(tmp_path):
     cache = ImageCache(str(tmp_path / "cache"))
     cache.prepare()
-    ref = images.ImageRef("debian-12", "ab" * 32)
+    ref = image_naming.ImageRef("debian-12", "ab" * 32)
     with cache.lock(ref):
         with pytest.raises(CacheBusy, match="locked by another fetch or prune"):
             with ImageCache(cache.root).lock(ref, timeout=0):

@@ -3,7 +3,7 @@
 import pytest
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images.refs import RefsFileError, parse_refs, set_ref
-from ansible_collections.testfleet.infra.plugins.module_utils.images.store import ImageRef
+from ansible_collections.testfleet.infra.plugins.module_utils.images.naming import ImageRef
 
 OLD = "a" * 64
 NEW = "b" * 64

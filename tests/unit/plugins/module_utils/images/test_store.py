@@ -7,6 +7,7 @@ import stat
 import pytest
 
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 SHA = "0123456789abcdef" * 4
 
@@ -14,79 +15,79 @@ SHA = "0123456789abcdef" * 4
 # --- naming -------------------------------------------------------------------------------------
 
 def test_file_names_round_trip():
-    assert images.image_file_name("debian-12", SHA) == "debian-12-%s.qcow2" % SHA
-    assert images.manifest_file_name("fedora-41.minimal_x", SHA) == "fedora-41.minimal_x-%s.manifest.json" % SHA
+    assert image_naming.image_file_name("debian-12", SHA) == "debian-12-%s.qcow2" % SHA
+    assert image_naming.manifest_file_name("fedora-41.minimal_x", SHA) == "fedora-41.minimal_x-%s.manifest.json" % SHA
     for name in ("debian-12", "a", "ubuntu-24.04", "x" * 64, "0-0"):
-        ref = images.parse_image_file_name(images.image_file_name(name, SHA))
-        assert ref == (name, SHA) and ref.image_file == images.image_file_name(name, SHA)
-        assert images.parse_image_file_name(images.manifest_file_name(name, SHA)) == (name, SHA)
-    assert str(images.ImageRef("debian-12", SHA)) == "debian-12-" + SHA
+        ref = image_naming.parse_image_file_name(image_naming.image_file_name(name, SHA))
+        assert ref == (name, SHA) and ref.image_file == image_naming.image_file_name(name, SHA)
+        assert image_naming.parse_image_file_name(image_naming.manifest_file_name(name, SHA)) == (name, SHA)
+    assert str(image_naming.ImageRef("debian-12", SHA)) == "debian-12-" + SHA
 
 
 @pytest.mark.parametrize("name", ["", "Debian", "-debian", ".hidden", "x" * 65, "deb/ian", "deb ian", None, 12])
 def test_bad_names_are_refused(name):
-    with pytest.raises(images.ImageNameError, match="image name"):
-        images.image_file_name(name, SHA)
+    with pytest.raises(image_naming.ImageNameError, match="image name"):
+        image_naming.image_file_name(name, SHA)
 
 
 @pytest.mark.parametrize("sha", ["", SHA[:-1], SHA + "0", SHA.upper(), "g" * 64])
 def test_bad_hashes_are_refused(sha):
-    with pytest.raises(images.ImageNameError, match="64 lowercase"):
-        images.manifest_file_name("debian-12", sha)
+    with pytest.raises(image_naming.ImageNameError, match="64 lowercase"):
+        image_naming.manifest_file_name("debian-12", sha)
 
 
 @pytest.mark.parametrize("file_name", ["debian-12.qcow2", "debian-12-%s.img" % SHA, "dir/debian-12-%s.qcow2" % SHA,
                                        "debian-12-%s.qcow2.part" % SHA, "-%s.qcow2" % SHA, "README"])
 def test_parse_refuses_other_files(file_name):
-    with pytest.raises(images.ImageNameError):
-        images.parse_image_file_name(file_name)
+    with pytest.raises(image_naming.ImageNameError):
+        image_naming.parse_image_file_name(file_name)
 
 
 def test_image_references():
-    assert images.parse_image_ref("debian-12-" + SHA) == ("debian-12", SHA)
-    assert images.parse_image_ref("debian-12-%s.qcow2" % SHA) == ("debian-12", SHA)
-    assert images.parse_image_ref(" %s\n" % SHA) == (None, SHA)
-    assert str(images.parse_image_ref(SHA)) == SHA
+    assert image_naming.parse_image_ref("debian-12-" + SHA) == ("debian-12", SHA)
+    assert image_naming.parse_image_ref("debian-12-%s.qcow2" % SHA) == ("debian-12", SHA)
+    assert image_naming.parse_image_ref(" %s\n" % SHA) == (None, SHA)
+    assert str(image_naming.parse_image_ref(SHA)) == SHA
     for bad in ("debian-12", "debian-12-" + SHA[:10], "Debian-" + SHA, ""):
-        with pytest.raises(images.ImageNameError):
-            images.parse_image_ref(bad)
+        with pytest.raises(image_naming.ImageNameError):
+            image_naming.parse_image_ref(bad)
 
 
 def test_file_sha256_and_its_progress(tmp_path):
-    data = os.urandom(3 * images.CHUNK + 17)
+    data = os.urandom(3 * image_naming.CHUNK + 17)
     path = tmp_path / "x"
     path.write_bytes(data)
     calls = []
-    assert images.file_sha256(str(path), progress=lambda done, total: calls.append((done, total))) \
+    assert image_naming.file_sha256(str(path), progress=lambda done, total: calls.append((done, total))) \
         == hashlib.sha256(data).hexdigest()
     assert calls[-1] == (len(data), len(data)) and len(calls) == 4
     assert [done for done, dummy in calls] == sorted(done for done, dummy in calls)
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     calls.clear()
-    assert images.file_sha256(str(empty), progress=lambda d, t: calls.append((d, t))) == hashlib.sha256().hexdigest()
+    assert image_naming.file_sha256(str(empty), progress=lambda d, t: calls.append((d, t))) == hashlib.sha256().hexdigest()
     assert calls == [(0, 0)]
 
 
 # --- manifests ----------------------------------------------------------------------------------
 
 def test_manifest_is_checked_against_its_image():
-    manifest = images.make_manifest("debian-12", SHA, 1234, "ab" * 32, {"kind": "debootstrap"}, ["openssh-server"])
-    assert set(images.MANIFEST_KEYS) <= set(manifest) and manifest["built_at"].endswith("Z")
-    data = images.manifest_bytes(manifest)
-    assert data.endswith(b"\n") and images.parse_manifest(data, images.ImageRef("debian-12", SHA), 1234) == manifest
-    with pytest.raises(images.ManifestError, match="describes debian-12-%s, not debian-13-%s" % (SHA, SHA)):
-        images.parse_manifest(data, images.ImageRef("debian-13", SHA))
-    with pytest.raises(images.ManifestError, match="says 1234 bytes, the image has 99"):
-        images.parse_manifest(data, images.ImageRef("debian-12", SHA), 99)
+    manifest = image_naming.make_manifest("debian-12", SHA, 1234, "ab" * 32, {"kind": "debootstrap"}, ["openssh-server"])
+    assert set(image_naming.MANIFEST_KEYS) <= set(manifest) and manifest["built_at"].endswith("Z")
+    data = image_naming.manifest_bytes(manifest)
+    assert data.endswith(b"\n") and image_naming.parse_manifest(data, image_naming.ImageRef("debian-12", SHA), 1234) == manifest
+    with pytest.raises(image_naming.ManifestError, match="describes debian-12-%s, not debian-13-%s" % (SHA, SHA)):
+        image_naming.parse_manifest(data, image_naming.ImageRef("debian-13", SHA))
+    with pytest.raises(image_naming.ManifestError, match="says 1234 bytes, the image has 99"):
+        image_naming.parse_manifest(data, image_naming.ImageRef("debian-12", SHA), 99)
     broken = dict(manifest)
     del broken["recipe_sha256"], broken["packages"]
-    with pytest.raises(images.ManifestError, match="lacks recipe_sha256, packages"):
-        images.check_manifest(broken)
-    with pytest.raises(images.ManifestError, match="m.json is not valid JSON"):
-        images.parse_manifest(b"{", source="m.json")
-    with pytest.raises(images.ManifestError, match="size must be a number of bytes"):
-        images.check_manifest(dict(manifest, size="12"))
+    with pytest.raises(image_naming.ManifestError, match="lacks recipe_sha256, packages"):
+        image_naming.check_manifest(broken)
+    with pytest.raises(image_naming.ManifestError, match="m.json is not valid JSON"):
+        image_naming.parse_manifest(b"{", source="m.json")
+    with pytest.raises(image_naming.ManifestError, match="size must be a number of bytes"):
+        image_naming.check_manifest(dict(manifest, size="12"))
 
 
 # --- opening stores -----------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def test_open_store_urls(tmp_path):
 # --- the directory store ------------------------------------------------------------------------
 
 def test_directory_publish_is_atomic_verified_and_idempotent(tmp_path, make_image):
-    image = make_image(size=2 * images.CHUNK + 5)
+    image = make_image(size=2 * image_naming.CHUNK + 5)
     store = images.open_store(str(tmp_path / "store"))
     seen = []
     result = images.publish_image(store, image.path, progress=lambda done, total: seen.append(done))
@@ -116,7 +117,7 @@ def test_directory_publish_is_atomic_verified_and_idempotent(tmp_path, make_imag
     assert result["before"]["image"] is None and result["manifest"] == image.manifest
     stored = tmp_path / "store" / image.ref.image_file
     assert stored.read_bytes() == image.data and stat.S_IMODE(stored.stat().st_mode) == 0o644
-    assert images.parse_manifest((tmp_path / "store" / image.ref.manifest_file).read_bytes()) == image.manifest
+    assert image_naming.parse_manifest((tmp_path / "store" / image.ref.manifest_file).read_bytes()) == image.manifest
     assert os.listdir(tmp_path / "store" / ".incoming") == [] and seen[-1] == image.size
 
     again = images.publish_image(store, image.path)
@@ -168,10 +169,10 @@ def test_publish_refuses_a_manifest_of_other_bytes(tmp_path, make_image):
     image = make_image()
     other = make_image(name="debian-13")
     store = images.open_store(str(tmp_path / "store"))
-    with pytest.raises(images.ManifestError, match="describes debian-13-"):
+    with pytest.raises(image_naming.ManifestError, match="describes debian-13-"):
         images.publish_image(store, image.path, manifest=other.manifest)
     os.unlink(image.manifest_path)
-    with pytest.raises(images.ManifestError, match="cannot read the manifest"):
+    with pytest.raises(image_naming.ManifestError, match="cannot read the manifest"):
         images.publish_image(store, image.path)
     assert not (tmp_path / "store").exists()
 
@@ -236,7 +237,7 @@ def test_s3_multipart_upload_is_completed_only_when_the_bytes_verify(s3, make_im
 def test_s3_object_without_sha256_metadata_is_uploaded_again(s3, make_image):
     image = make_image()
     s3.client.put_object(Bucket=s3.bucket, Key="images/" + image.ref.image_file, Body=image.data)
-    s3.client.put_object(Bucket=s3.bucket, Key="images/" + image.ref.manifest_file, Body=images.manifest_bytes(image.manifest))
+    s3.client.put_object(Bucket=s3.bucket, Key="images/" + image.ref.manifest_file, Body=image_naming.manifest_bytes(image.manifest))
     store = s3.store()
     stored = store.stored_image(image.ref)
     assert stored["complete"] is False and "has no sha256 metadata" in stored["problems"][0]

@@ -12,9 +12,13 @@ import urllib.request
 import pytest
 import yaml
 
-from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import build as vm_build
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import cloud_image as vm_cloud_image
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import rootfs as vm_rootfs
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import steps as vm_steps
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import recipe as vm_recipe
 from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
 
 FEDORA_SHA = "6205ae0c524b4d1816dbd3573ce29b5c44ed26c9fbc874fbe48c41c89dd0bac2"
@@ -48,7 +52,7 @@ def centos(**extra):
 # --- schema -------------------------------------------------------------------------------------
 
 def test_minimal_recipe_gets_every_default():
-    recipe = vm_build.parse_recipe(debian())
+    recipe = vm_recipe.parse_recipe(debian())
     assert recipe.data == {
         "name": "debian-12",
         "base": {"debootstrap": {"suite": "bookworm", "mirror": "http://deb.debian.org/debian", "variant": "minbase",
@@ -58,14 +62,14 @@ def test_minimal_recipe_gets_every_default():
         "disk_size": 4 * 1024 ** 3, "check": None, "revision": ""}
     assert recipe.base_kind == "debootstrap" and recipe.name == "debian-12"
     # every debootstrap image gets a kernel, systemd, udev, sshd and sudo besides its packages
-    assert set(vm_build.BASE_PACKAGES) <= set(recipe.all_packages())
+    assert set(vm_recipe.BASE_PACKAGES) <= set(recipe.all_packages())
     assert "linux-image-amd64" in recipe.all_packages()
 
 
 def test_full_recipe_is_normalised(tmp_path):
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "motd").write_bytes(b"welcome\n")
-    recipe = vm_build.parse_recipe(debian(
+    recipe = vm_recipe.parse_recipe(debian(
         base={"debootstrap": {"suite": "bookworm", "mirror": "http://mirror.example.org/debian/", "variant": "buildd",
                               "components": ["main", "contrib"]}},
         packages=["python3", "curl", "python3"],
@@ -132,42 +136,42 @@ def test_full_recipe_is_normalised(tmp_path):
     ("just text", "must be a mapping"),
 ])
 def test_bad_recipes_name_the_key(recipe, message):
-    with pytest.raises(vm_build.RecipeError) as error:
-        vm_build.parse_recipe(recipe)
+    with pytest.raises(vm_recipe.RecipeError) as error:
+        vm_recipe.parse_recipe(recipe)
     assert message in str(error.value)
     assert str(error.value).startswith("recipe")
 
 
 def test_sizes():
-    assert vm_build.parse_size("4G") == 4 * 1024 ** 3
-    assert vm_build.parse_size("4GiB") == 4 * 1024 ** 3
-    assert vm_build.parse_size("512M") == 512 * 1024 ** 2
-    assert vm_build.parse_size("1.5T") == int(1.5 * 1024 ** 4)
-    assert vm_build.parse_size(300 * 1024 ** 2) == 300 * 1024 ** 2
+    assert vm_recipe.parse_size("4G") == 4 * 1024 ** 3
+    assert vm_recipe.parse_size("4GiB") == 4 * 1024 ** 3
+    assert vm_recipe.parse_size("512M") == 512 * 1024 ** 2
+    assert vm_recipe.parse_size("1.5T") == int(1.5 * 1024 ** 4)
+    assert vm_recipe.parse_size(300 * 1024 ** 2) == 300 * 1024 ** 2
 
 
 def test_recipe_file_with_relative_src(tmp_path):
     (tmp_path / "motd").write_text("hello\n")
     (tmp_path / "debian.yml").write_text(
         "name: debian-12\nbase:\n  debootstrap:\n    suite: bookworm\nfiles:\n  - path: /etc/motd\n    src: motd\n")
-    recipe = vm_build.load_recipe(str(tmp_path / "debian.yml"))
+    recipe = vm_recipe.load_recipe(str(tmp_path / "debian.yml"))
     assert recipe.file_content(0) == b"hello\n"
     (tmp_path / "broken.yml").write_text("name: [debian\n")
-    with pytest.raises(vm_build.RecipeError, match=r"broken.yml: line \d+ column \d+ is not valid YAML"):
-        vm_build.load_recipe(str(tmp_path / "broken.yml"))
-    with pytest.raises(vm_build.RecipeError, match="cannot read the recipe"):
-        vm_build.load_recipe(str(tmp_path / "missing.yml"))
+    with pytest.raises(vm_recipe.RecipeError, match=r"broken.yml: line \d+ column \d+ is not valid YAML"):
+        vm_recipe.load_recipe(str(tmp_path / "broken.yml"))
+    with pytest.raises(vm_recipe.RecipeError, match="cannot read the recipe"):
+        vm_recipe.load_recipe(str(tmp_path / "missing.yml"))
     (tmp_path / "bad.yml").write_text("name: debian-12\nbase: {debootstrap: {suite: bookworm}}\nsetpu: x\n")
-    with pytest.raises(vm_build.RecipeError, match=r"bad.yml: unknown key 'setpu' \(did you mean 'setup'\?\)"):
-        vm_build.load_recipe(str(tmp_path / "bad.yml"))
+    with pytest.raises(vm_recipe.RecipeError, match=r"bad.yml: unknown key 'setpu' \(did you mean 'setup'\?\)"):
+        vm_recipe.load_recipe(str(tmp_path / "bad.yml"))
 
 
 # --- the canonical hash -------------------------------------------------------------------------
 
 def test_hash_ignores_order_defaults_and_where_files_come_from(tmp_path):
     (tmp_path / "motd").write_text("hello\n")
-    one = vm_build.parse_recipe(debian(packages=["b", "a"], files=[{"path": "/etc/motd", "content": "hello\n"}]))
-    two = vm_build.parse_recipe({
+    one = vm_recipe.parse_recipe(debian(packages=["b", "a"], files=[{"path": "/etc/motd", "content": "hello\n"}]))
+    two = vm_recipe.parse_recipe({
         "files": [{"path": "/etc/motd", "src": str(tmp_path / "motd"), "mode": "644", "owner": "root"}],
         "packages": ["a", "b", "a"],
         "base": {"debootstrap": {"components": ["main"], "suite": "bookworm", "variant": "minbase",
@@ -179,10 +183,10 @@ def test_hash_ignores_order_defaults_and_where_files_come_from(tmp_path):
 
 def test_hash_is_stable_across_releases():
     # the canonical form is part of the contract: images are found by this hash
-    doc = vm_build.parse_recipe(debian()).data
-    expected = hashlib.sha256(vm_build.canonical_json(dict(doc, format=vm_build.BUILD_FORMAT))).hexdigest()
-    assert vm_build.parse_recipe(debian()).sha256 == expected
-    assert vm_build.canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode("utf-8")
+    doc = vm_recipe.parse_recipe(debian()).data
+    expected = hashlib.sha256(vm_recipe.canonical_json(dict(doc, format=vm_recipe.BUILD_FORMAT))).hexdigest()
+    assert vm_recipe.parse_recipe(debian()).sha256 == expected
+    assert vm_recipe.canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode("utf-8")
 
 
 @pytest.mark.parametrize("change", [
@@ -202,42 +206,42 @@ def test_hash_is_stable_across_releases():
 ])
 def test_every_input_changes_the_hash(change):
     base = dict(files=[{"path": "/etc/motd", "content": "hello\n"}])
-    assert vm_build.parse_recipe(debian(**base)).sha256 != vm_build.parse_recipe(debian(**dict(base, **change))).sha256
+    assert vm_recipe.parse_recipe(debian(**base)).sha256 != vm_recipe.parse_recipe(debian(**dict(base, **change))).sha256
 
 
 def test_a_file_src_changes_the_hash_with_its_content(tmp_path):
     src = tmp_path / "motd"
     src.write_text("one\n")
-    first = vm_build.parse_recipe(debian(files=[{"path": "/etc/motd", "src": str(src)}]))
+    first = vm_recipe.parse_recipe(debian(files=[{"path": "/etc/motd", "src": str(src)}]))
     src.write_text("two\n")
-    assert vm_build.parse_recipe(debian(files=[{"path": "/etc/motd", "src": str(src)}])).sha256 != first.sha256
+    assert vm_recipe.parse_recipe(debian(files=[{"path": "/etc/motd", "src": str(src)}])).sha256 != first.sha256
 
 
 # --- cloud-image recipes (Fedora, CentOS): not reachable here, checked as far as can be -----------
 
 def test_cloud_recipes():
-    recipe = vm_build.parse_recipe(fedora())
+    recipe = vm_recipe.parse_recipe(fedora())
     assert recipe.base_kind == "cloud_image"
     assert recipe.base == {"url": fedora()["base"]["cloud_image"]["url"], "sha256": FEDORA_SHA, "format": "qcow2"}
     assert recipe.all_packages() == ["gcc", "python3"]  # no Debian base packages for a cloud image
-    stream = vm_build.parse_recipe(centos())
+    stream = vm_recipe.parse_recipe(centos())
     assert stream.base["sha256"] == CENTOS_SHA  # lower-cased
     # the URL is where the image comes from, its SHA-256 what it is: a moved mirror rebuilds nothing
     moved = fedora(base={"cloud_image": {"url": "https://mirror.example.org/Fedora-41.qcow2", "sha256": FEDORA_SHA}})
-    assert vm_build.parse_recipe(moved).sha256 == recipe.sha256
+    assert vm_recipe.parse_recipe(moved).sha256 == recipe.sha256
     other = fedora(base={"cloud_image": {"url": "https://mirror.example.org/Fedora-41.qcow2", "sha256": "0" * 64}})
-    assert vm_build.parse_recipe(other).sha256 != recipe.sha256
+    assert vm_recipe.parse_recipe(other).sha256 != recipe.sha256
     raw = fedora(base={"cloud_image": {"url": "https://x/Fedora.raw", "sha256": FEDORA_SHA, "format": "raw"}})
-    assert vm_build.parse_recipe(raw).base["format"] == "raw"
+    assert vm_recipe.parse_recipe(raw).base["format"] == "raw"
 
 
 def test_cloud_init_user_data_applies_the_recipe():
-    recipe = vm_build.parse_recipe(fedora(
+    recipe = vm_recipe.parse_recipe(fedora(
         files=[{"path": "/etc/motd", "content": "hi\n"},
                {"path": "/home/tester/.bashrc", "content": "x=1\n", "owner": "tester", "group": "tester",
                 "mode": "0600"}],
         setup="dnf -y install make\n"))
-    text = vm_build.cloud_user_data(recipe)
+    text = vm_cloud_image.cloud_user_data(recipe)
     assert text.startswith("#cloud-config\n")
     document = yaml.safe_load(text)
     assert document["users"] == [{"name": "tester", "shell": "/bin/bash", "lock_passwd": True,
@@ -255,14 +259,14 @@ def test_cloud_init_user_data_applies_the_recipe():
     assert files["/root/.testfleet-setup"]["content"] == "dnf -y install make\n"
     script = document["runcmd"][0][2]
     assert "/bin/sh -e /root/.testfleet-setup" in script
-    assert vm_build.BUILD_OK in script and vm_build.BUILD_FAILED in script
+    assert vm_cloud_image.BUILD_OK in script and vm_cloud_image.BUILD_FAILED in script
     assert "cloud-init.disabled" in script and "systemctl enable testfleet-ssh-keys.service" in script
     assert document["power_state"]["mode"] == "poweroff"
 
 
 def test_cloud_init_seed_is_served_on_loopback_for_the_guest():
-    recipe = vm_build.parse_recipe(centos())
-    with vm_build.SeedServer(vm_build.cloud_user_data(recipe), "build-1") as seed:
+    recipe = vm_recipe.parse_recipe(centos())
+    with vm_cloud_image.SeedServer(vm_cloud_image.cloud_user_data(recipe), "build-1") as seed:
         assert seed.url == "http://10.0.2.2:%d/" % seed.port  # the host, seen from QEMU's user network
         base = "http://127.0.0.1:%d" % seed.port
         assert urllib.request.urlopen(base + "/meta-data").read() == b"instance-id: build-1\nlocal-hostname: build-1\n"
@@ -270,7 +274,7 @@ def test_cloud_init_seed_is_served_on_loopback_for_the_guest():
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(base + "/other")
     assert seed.requests == ["/meta-data", "/user-data", "/other"]
-    argument = vm_build.smbios_seed_argument(seed.url)
+    argument = vm_cloud_image.smbios_seed_argument(seed.url)
     assert argument == "type=1,serial=ds=nocloud;s=http://10.0.2.2:%d/" % seed.port
 
 
@@ -302,17 +306,17 @@ def test_download_keeps_only_the_expected_bytes(tmp_path, http_file):
     url = "http://127.0.0.1:%d/Fedora.qcow2" % http_file.server_address[1]
     target = str(tmp_path / "cloud.img")
     seen = []
-    assert vm_build.download_verified(url, hashlib.sha256(data).hexdigest(), target,
+    assert vm_cloud_image.download_verified(url, hashlib.sha256(data).hexdigest(), target,
                                       progress=lambda *args: seen.append(args)) == len(data)
     with open(target, "rb") as handle:
         assert handle.read() == data
     assert seen[-1] == ("download", len(data), len(data))
     os.unlink(target)
-    with pytest.raises(vm_build.BuildError, match="not to the recipe's sha256 %s: not used" % ("0" * 64)):
-        vm_build.download_verified(url, "0" * 64, target)
+    with pytest.raises(vm_steps.BuildError, match="not to the recipe's sha256 %s: not used" % ("0" * 64)):
+        vm_cloud_image.download_verified(url, "0" * 64, target)
     assert os.listdir(str(tmp_path)) == []  # neither the file nor its part
-    with pytest.raises(vm_build.BuildError, match="cannot download"):
-        vm_build.download_verified("http://127.0.0.1:1/x", "0" * 64, target)
+    with pytest.raises(vm_steps.BuildError, match="cannot download"):
+        vm_cloud_image.download_verified("http://127.0.0.1:1/x", "0" * 64, target)
     assert os.listdir(str(tmp_path)) == []
 
 
@@ -321,18 +325,18 @@ def test_cloud_base_image_is_cached_and_rechecked(tmp_path):
     source = tmp_path / "Fedora.qcow2"
     source.write_bytes(data)
     sha = hashlib.sha256(data).hexdigest()
-    recipe = vm_build.parse_recipe(fedora(base={"cloud_image": {"url": "file://%s" % source, "sha256": sha}}))
-    steps = vm_build.Steps(None, str(tmp_path / "output.log"))
+    recipe = vm_recipe.parse_recipe(fedora(base={"cloud_image": {"url": "file://%s" % source, "sha256": sha}}))
+    steps = vm_steps.Steps(None, str(tmp_path / "output.log"))
     cache = str(tmp_path / "cache")
-    path = vm_build.cloud_base_image(recipe, cache, steps)
+    path = vm_cloud_image.cloud_base_image(recipe, cache, steps)
     assert path == os.path.join(cache, "cloud-%s.img" % sha) and open(path, "rb").read() == data
     assert "download" in steps.timings
     source.unlink()  # from now on, only the cache has it
-    assert vm_build.cloud_base_image(recipe, cache, steps) == path
+    assert vm_cloud_image.cloud_base_image(recipe, cache, steps) == path
     with open(path, "ab") as handle:
         handle.write(b"corrupt")  # a corrupt cached file is never used: it is fetched again
-    with pytest.raises(vm_build.BuildError, match="cannot download"):
-        vm_build.cloud_base_image(recipe, cache, steps)
+    with pytest.raises(vm_steps.BuildError, match="cannot download"):
+        vm_cloud_image.cloud_base_image(recipe, cache, steps)
     assert not os.path.exists(path)
 
 
@@ -340,19 +344,19 @@ def test_cloud_base_image_is_cached_and_rechecked(tmp_path):
 
 def _fake_build(folder, recipe, data=b"qcow2 bytes", built_at=None, size=None):
     sha = hashlib.sha256(data).hexdigest()
-    (folder / images.image_file_name(recipe.name, sha)).write_bytes(data)
-    manifest = images.make_manifest(recipe.name, sha, len(data) if size is None else size,
+    (folder / image_naming.image_file_name(recipe.name, sha)).write_bytes(data)
+    manifest = image_naming.make_manifest(recipe.name, sha, len(data) if size is None else size,
                                     recipe_sha256=recipe.sha256, base={"kind": "debootstrap"}, packages=[],
                                     built_at=built_at)
-    (folder / images.manifest_file_name(recipe.name, sha)).write_bytes(images.manifest_bytes(manifest))
-    return str(folder / images.image_file_name(recipe.name, sha)), manifest
+    (folder / image_naming.manifest_file_name(recipe.name, sha)).write_bytes(image_naming.manifest_bytes(manifest))
+    return str(folder / image_naming.image_file_name(recipe.name, sha)), manifest
 
 
 def test_find_built_matches_name_and_recipe_hash(tmp_path):
-    recipe = vm_build.parse_recipe(debian())
+    recipe = vm_recipe.parse_recipe(debian())
     assert vm_build.find_built(str(tmp_path / "missing"), recipe) is None
     assert vm_build.find_built(str(tmp_path), recipe) is None
-    other = vm_build.parse_recipe(debian(packages=["python3"]))
+    other = vm_recipe.parse_recipe(debian(packages=["python3"]))
     _fake_build(tmp_path, other, b"other recipe")
     (tmp_path / "README").write_text("not an image")
     (tmp_path / ("debian-12-%s.manifest.json" % ("1" * 64))).write_text("{broken")
@@ -362,19 +366,19 @@ def test_find_built_matches_name_and_recipe_hash(tmp_path):
     assert vm_build.find_built(str(tmp_path), recipe) == new
     os.unlink(new[0])  # a manifest without its image does not count
     assert vm_build.find_built(str(tmp_path), recipe) == old
-    _fake_build(tmp_path, vm_build.parse_recipe(debian(name="debian-12-big")), b"x")  # a longer name, same prefix
+    _fake_build(tmp_path, vm_recipe.parse_recipe(debian(name="debian-12-big")), b"x")  # a longer name, same prefix
     assert vm_build.find_built(str(tmp_path), recipe) == old
 
 
 def test_find_built_is_fast_with_big_images(tmp_path):
-    recipe = vm_build.parse_recipe(debian())
+    recipe = vm_recipe.parse_recipe(debian())
     path, manifest = _fake_build(tmp_path, recipe, b"small", size=5)
     with open(path, "r+b") as handle:  # a 20 GB sparse image: hashing it would take minutes
         handle.truncate(20 * 1024 ** 3)
     manifest["size"] = 20 * 1024 ** 3
-    (tmp_path / images.manifest_file_name(recipe.name, manifest["sha256"])).write_bytes(images.manifest_bytes(manifest))
+    (tmp_path / image_naming.manifest_file_name(recipe.name, manifest["sha256"])).write_bytes(image_naming.manifest_bytes(manifest))
     for index in range(200):
-        _fake_build(tmp_path, vm_build.parse_recipe(debian(revision=str(index))), b"%d" % index)
+        _fake_build(tmp_path, vm_recipe.parse_recipe(debian(revision=str(index))), b"%d" % index)
     began = time.monotonic()
     assert vm_build.find_built(str(tmp_path), recipe)[0] == path
     assert time.monotonic() - began < 0.5
@@ -384,16 +388,16 @@ def test_find_built_is_fast_with_big_images(tmp_path):
 
 def test_steps_log_progress_and_output(tmp_path):
     lines = []
-    steps = vm_build.Steps(ProgressLog(str(tmp_path / "progress.log"), "debian-12"), str(tmp_path / "output.log"),
+    steps = vm_steps.Steps(ProgressLog(str(tmp_path / "progress.log"), "debian-12"), str(tmp_path / "output.log"),
                            log=lines.append)
     with steps.step("mke2fs", "making the file system"):
         steps.run(["sh", "-c", "echo working; echo more >&2"], "a step")
-    with pytest.raises(vm_build.BuildError) as error:
+    with pytest.raises(vm_steps.BuildError) as error:
         with steps.step("setup", "the setup script"):
             steps.run(["sh", "-c", "echo line one; echo the reason >&2; exit 3"], "the setup script")
     assert "the setup script failed (exit 3): line one | the reason" in str(error.value)
     assert "whole output: %s" % (tmp_path / "output.log") in str(error.value)
-    with pytest.raises(vm_build.BuildError, match="did not finish within 1 s"):
+    with pytest.raises(vm_steps.BuildError, match="did not finish within 1 s"):
         steps.run(["sleep", "5"], "sleeping", timeout=1)
     assert set(steps.timings) == {"mke2fs"}
     progress = (tmp_path / "progress.log").read_text()
@@ -405,39 +409,39 @@ def test_steps_log_progress_and_output(tmp_path):
 
 
 def test_base_cache_key_depends_on_the_base_only():
-    plain = vm_build.parse_recipe(debian(setup="echo 1\n"))
-    assert vm_build.base_cache_key(plain) == vm_build.base_cache_key(vm_build.parse_recipe(debian(
+    plain = vm_recipe.parse_recipe(debian(setup="echo 1\n"))
+    assert vm_rootfs.base_cache_key(plain) == vm_rootfs.base_cache_key(vm_recipe.parse_recipe(debian(
         setup="echo 2\n", files=[{"path": "/etc/motd", "content": "x"}], user={"name": "ci"})))
-    assert vm_build.base_cache_key(plain) != vm_build.base_cache_key(vm_build.parse_recipe(debian(packages=["make"])))
-    assert vm_build.base_cache_key(plain) != vm_build.base_cache_key(vm_build.parse_recipe(debian(
+    assert vm_rootfs.base_cache_key(plain) != vm_rootfs.base_cache_key(vm_recipe.parse_recipe(debian(packages=["make"])))
+    assert vm_rootfs.base_cache_key(plain) != vm_rootfs.base_cache_key(vm_recipe.parse_recipe(debian(
         base={"debootstrap": {"suite": "trixie"}})))
 
 
 def test_image_fragments_and_names():
-    fragments = vm_build.image_fragments("ci")
+    fragments = vm_rootfs.image_fragments("ci")
     script, mode = fragments["/usr/local/sbin/testfleet-ssh-keys"]
     assert mode == 0o755 and "/run/testfleet/authorized_keys/ci" in script and "@USER@" not in script
     assert "opt/org.testfleet" in script
-    assert vm_build.hostname_for("fedora-41.minimal_x") == "fedora-41-minimal-x"
-    assert vm_build.hostname_for("x" * 64) == "x" * 63
+    assert vm_steps.hostname_for("fedora-41.minimal_x") == "fedora-41-minimal-x"
+    assert vm_steps.hostname_for("x" * 64) == "x" * 63
 
 
 def test_remove_tree_and_inside(tmp_path):
     rootfs = tmp_path / "rootfs"
     (rootfs / "etc").mkdir(parents=True)
     os.symlink("/", str(rootfs / "escape"))
-    assert vm_build._inside(str(rootfs), "/etc/motd") == str(rootfs / "etc" / "motd")
-    with pytest.raises(vm_build.BuildError, match="leads out of the image"):
-        vm_build._inside(str(rootfs), "/escape/etc/passwd")
-    vm_build.remove_tree(str(rootfs))
+    assert vm_steps.path_inside(str(rootfs), "/etc/motd") == str(rootfs / "etc" / "motd")
+    with pytest.raises(vm_steps.BuildError, match="leads out of the image"):
+        vm_steps.path_inside(str(rootfs), "/escape/etc/passwd")
+    vm_steps.remove_tree(str(rootfs))
     assert not rootfs.exists() and os.path.exists("/etc/passwd")
 
 
 def test_manifest_of_a_build_is_valid_for_the_store():
-    recipe = vm_build.parse_recipe(debian(setup="echo secret-free\n"))
+    recipe = vm_recipe.parse_recipe(debian(setup="echo secret-free\n"))
     summary = vm_build._recipe_summary(recipe)
     assert summary["setup"] == {"sha256": hashlib.sha256(b"echo secret-free\n").hexdigest()}
-    manifest = images.make_manifest("debian-12", "a" * 64, 10, recipe_sha256=recipe.sha256,
+    manifest = image_naming.make_manifest("debian-12", "a" * 64, 10, recipe_sha256=recipe.sha256,
                                     base={"kind": "debootstrap"}, packages=["bash=5.2"], recipe=summary,
                                     boot={"mode": "kernel", "kernel": "/boot/vmlinuz-6.1.0-50-amd64"})
-    assert json.loads(images.manifest_bytes(manifest))["recipe"]["name"] == "debian-12"
+    assert json.loads(image_naming.manifest_bytes(manifest))["recipe"]["name"] == "debian-12"

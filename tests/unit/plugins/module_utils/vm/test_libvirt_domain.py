@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
 
@@ -151,7 +152,7 @@ def test_small_helpers(tmp_path):
     # no VM, or a qemu one: stop_detached is vm_run's
     run_dir = tmp_path / "gone"
     run_dir.mkdir()
-    assert vm_libvirt.stop_detached(str(run_dir)) is False and not run_dir.exists()
+    assert vm_detached.stop_detached(str(run_dir)) is False and not run_dir.exists()
 
 
 # --- LibvirtMachine against a fake binding ------------------------------------------------------

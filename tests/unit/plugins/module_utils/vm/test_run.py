@@ -10,6 +10,7 @@ import time
 import pytest
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 
 def test_qemu_command_for_tcg_with_a_kernel_and_forwards():
@@ -154,18 +155,18 @@ def test_boot_spec(tmp_path):
 
 def test_read_state_and_stop_detached_without_a_vm(tmp_path):
     run_dir = tmp_path / "vm"
-    assert vm_run.read_state(str(run_dir)) is None
-    assert vm_run.stop_detached(str(run_dir)) is False
+    assert vm_detached.read_state(str(run_dir)) is None
+    assert vm_detached.stop_detached(str(run_dir)) is False
     run_dir.mkdir()
     # a state whose processes are gone (or whose pids now name other processes) signals nobody
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
-        (run_dir / vm_run.STATE_FILE).write_text(json.dumps({
+        (run_dir / vm_detached.STATE_FILE).write_text(json.dumps({
             "state": "running", "keeper_pid": sleeper.pid, "keeper_start": 1, "qemu_pid": sleeper.pid,
             "qemu_start": 1}))
-        state = vm_run.read_state(str(run_dir))
+        state = vm_detached.read_state(str(run_dir))
         assert state["running"] is False
-        assert vm_run.stop_detached(str(run_dir), timeout=1) is False
+        assert vm_detached.stop_detached(str(run_dir), timeout=1) is False
         assert sleeper.poll() is None and not run_dir.exists()
     finally:
         sleeper.kill()
