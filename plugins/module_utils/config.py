@@ -124,20 +124,13 @@ class _Invalid(Exception):
     """Raised by a validator; the loader adds the file and the key to the message."""
 
 
-def _type_name(value):
-    if value is None:
-        return "nothing (null)"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
-
-
 # Validators: take the value (never None) and the config file's directory; return the value to
 # keep or raise _Invalid with what the value must be. Messages do not quote values that could
 # be secrets.
 
 def _string(value, base):
     if not isinstance(value, str) or not value.strip():
-        raise _Invalid("must be a non-empty string, not %s" % _type_name(value))
+        raise _Invalid("must be a non-empty string, not %s" % files.type_name(value))
     return value
 
 
@@ -151,7 +144,7 @@ def _paths(value, base):
     if isinstance(value, str):
         raise _Invalid("must be a list of file paths (write [%s] for one file)" % value)
     if not isinstance(value, list) or not value:
-        raise _Invalid("must be a non-empty list of file paths, not %s" % _type_name(value))
+        raise _Invalid("must be a non-empty list of file paths, not %s" % files.type_name(value))
     return [_item(_path, item, base, index) for index, item in enumerate(value)]
 
 
@@ -164,7 +157,7 @@ def _item(validator, value, base, index):
 
 def _boolean(value, base):
     if not isinstance(value, bool):
-        raise _Invalid("must be true or false, not %s" % _type_name(value))
+        raise _Invalid("must be true or false, not %s" % files.type_name(value))
     return value
 
 
@@ -175,7 +168,7 @@ def _integer(low, high=None):
 
     def check(value, base):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise _Invalid("must be %s, not %s" % (what, _type_name(value)))
+            raise _Invalid("must be %s, not %s" % (what, files.type_name(value)))
         if value < low or (high is not None and value > high):
             raise _Invalid("must be %s, not %d" % (what, value))
         return value
@@ -188,7 +181,7 @@ def _seconds(maximum, zero=False):
 
     def check(value, base):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _Invalid("must be %s, not %s" % (what, _type_name(value)))
+            raise _Invalid("must be %s, not %s" % (what, files.type_name(value)))
         if not (0 <= value if zero else 0 < value) or value > maximum:
             raise _Invalid("must be %s, not %s" % (what, value))
         return float(value)
@@ -240,20 +233,20 @@ def _url_path(value, base):
 def _name(value, base):
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise _Invalid("must be an AMQP name (letters, digits, '.', '_', ':', '-'), not %s"
-                       % (repr(value) if isinstance(value, str) else _type_name(value)))
+                       % (repr(value) if isinstance(value, str) else files.type_name(value)))
     return value
 
 
 def _names(value, base):
     if not isinstance(value, list) or not value:
-        raise _Invalid("must be a non-empty list of queue names, not %s" % _type_name(value))
+        raise _Invalid("must be a non-empty list of queue names, not %s" % files.type_name(value))
     return [_item(_name, item, base, index) for index, item in enumerate(value)]
 
 
 def _events(value, base):
     if not isinstance(value, dict):
         raise _Invalid("must be a mapping of event name to a list of actions (or null for all "
-                       "actions), not %s" % _type_name(value))
+                       "actions), not %s" % files.type_name(value))
     events = {}
     for event, actions in value.items():
         if not isinstance(event, str) or not EVENT_RE.match(event):
@@ -415,7 +408,7 @@ def validate(data, path="(config)"):
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("%s: the file must hold a mapping of sections (amqp, webhook, ...), "
-                          "not %s" % (path, _type_name(data)))
+                          "not %s" % (path, files.type_name(data)))
     base = os.path.dirname(os.path.abspath(path))
     sections, scalars = {}, {}
     known = sorted(set(SCHEMA) | set(SCALARS))
@@ -428,7 +421,7 @@ def validate(data, path="(config)"):
             given = {}
         if not isinstance(given, dict):
             raise ConfigError("%s: %s: must be a mapping of keys, not %s"
-                              % (path, name, _type_name(given)))
+                              % (path, name, files.type_name(given)))
         for key in given:
             if key not in keys:
                 raise ConfigError("%s: %s" % (path, _unknown(name, key, sorted(keys))))

@@ -7,11 +7,13 @@
   never a part), with its mode set before the rename and, by default, flushed to disk;
   :func:`atomic_file` is the same for content written as a stream (a copy, a download), and
   :func:`rename_into_place` the last step alone, for a ``.part`` file kept across attempts;
-- :func:`read_secret`: the content of a secret file (a password, token or key), whose errors
-  name the file and never quote what is in it;
+- :func:`read_file`: a file's bytes, with an error that says which file it is and why it
+  cannot be read; :func:`read_secret`: the content of a secret file (a password, token or
+  key), whose errors name the file and never quote what is in it;
 - :func:`load_yaml`: YAML parsed safely and strictly (a key given twice is an error, not the
   last one silently kept), with errors that name the source, line and column;
-  :func:`load_yaml_file` reads the file first;
+  :func:`load_yaml_file` reads the file first; :func:`type_name` words what a value read from
+  YAML is, for the errors of the checks that follow;
 - :func:`remove_quietly`, :func:`fsync_dir`: the small operations that go with them.
 
 Errors are :class:`FileProblem` (a ``ValueError``) worded for the operator; callers that have a
@@ -85,6 +87,20 @@ def rename_into_place(temporary, path, mode=None, fsync=True):
         fsync_dir(os.path.dirname(path) or ".")
 
 
+def read_file(path, what="file"):
+    """The bytes of the file ``path``.
+
+    ``what`` names the file in errors ("config file", "manifest"). Raise :class:`FileProblem`
+    worded ``cannot read the WHAT PATH: reason`` when it cannot be read.
+    """
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise FileProblem("cannot read the %s %s: %s"
+                          % (what, path, exc.strerror or exc.__class__.__name__)) from None
+
+
 def read_secret(path, what="secret"):
     """The text of the secret file ``path`` without surrounding white space.
 
@@ -92,12 +108,7 @@ def read_secret(path, what="secret"):
     :class:`FileProblem` when the file cannot be read, is not UTF-8 or is empty; the message
     names the path and never the content.
     """
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise FileProblem("cannot read the %s file %s: %s"
-                          % (what, path, exc.strerror or exc.__class__.__name__)) from None
+    raw = read_file(path, "%s file" % what)
     try:
         value = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -159,15 +170,18 @@ def load_yaml_file(path, what="file"):
     """The data of the YAML file ``path``, as :func:`load_yaml` parses it.
 
     ``what`` names the file in errors ("config file", "test map"). Raise :class:`FileProblem`
-    worded ``cannot read the WHAT PATH: reason`` when it cannot be read, else as load_yaml does.
+    as :func:`read_file` does when it cannot be read, else as load_yaml does.
     """
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise FileProblem("cannot read the %s %s: %s"
-                          % (what, path, exc.strerror or exc.__class__.__name__)) from None
-    return load_yaml(text, path)
+    return load_yaml(read_file(path, what), path)
+
+
+def type_name(value):
+    """What ``value`` (as YAML or JSON gives it) is, in words for an error message: "a
+    string", "a mapping", "nothing (null)"... (never the value, which may be a secret)."""
+    if value is None:
+        return "nothing (null)"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
 def remove_quietly(path):

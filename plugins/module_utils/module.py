@@ -16,7 +16,10 @@ the families it needs (two families may not define the same option):
 ``config``       ``config``, testfleet's config file, loaded into :attr:`config`; its ``amqp``
                  and ``forge`` sections then stand for those families' options (with ``forge``,
                  ``config`` counts as the credentials)
-``progress``     ``progress_log`` and ``progress_interval`` of the modules that move images
+``progress``     ``progress_log`` and ``progress_interval`` of the modules that move images:
+                 :meth:`progress_log`, :meth:`elapsed`
+``vm``           the QEMU VM of the modules that boot one (``accel``, ``kvm_probe_file``,
+                 ``memory``, ``cpus``, ``qemu``): :meth:`vm_settings`
 
 These methods raise domain errors (:data:`DOMAIN_ERRORS`, :class:`MissingLibrary`); nothing
 but :meth:`fail` turns an error into ``fail_json``: its message (worded for the operator, never
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import traceback
 from urllib.parse import unquote, urlsplit
 
@@ -38,10 +42,12 @@ from ansible_collections.testfleet.infra.plugins.module_utils import config as c
 from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils.forge import client as forge
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
+from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
 from ansible_collections.testfleet.infra.plugins.module_utils.images.refs import RefsFileError
 from ansible_collections.testfleet.infra.plugins.module_utils.jobs import JobError
 from ansible_collections.testfleet.infra.plugins.module_utils.testmap import TestMapError
 from ansible_collections.testfleet.infra.plugins.module_utils.topology import TopologyError, TopologyMismatch
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import kvm
 
 CREDENTIAL_OPTIONS = ("token", "token_file", "app_id")
 S3_ONLY_OPTIONS = ("endpoint_url", "access_key", "secret_key", "secret_key_file", "profile", "region")
@@ -81,7 +87,15 @@ FAMILIES = {
     ), mutually_exclusive=[("secret_key", "secret_key_file"), ("profile", "access_key")]),
     "config": dict(argument_spec=dict(config=dict(type="path"))),
     "progress": dict(argument_spec=dict(progress_log=dict(type="path"), progress_interval=dict(type="float", default=10.0))),
+    "vm": dict(argument_spec=dict(
+        accel=dict(type="str", choices=["auto", "kvm", "tcg"], default="auto"),
+        kvm_probe_file=dict(type="path"),
+        memory=dict(type="int", default=1024),
+        cpus=dict(type="int", default=2),
+        qemu=dict(type="str", default=kvm.DEFAULT_QEMU),
+    )),
 }
+KVM_PROBE_FILE = "kvm-probe.json"
 
 # the errors of module_utils, each worded for the operator
 DOMAIN_ERRORS = (amqp.AmqpError, forge.ForgeError, images.ImageError, config_lib.ConfigError, TestMapError,
@@ -117,6 +131,7 @@ class AnsibleTestfleetModule:
             exclusive.append(credentials)
             one_of.append(credentials)
         spec.update(argument_spec)
+        self.started = time.monotonic()
         self.families = tuple(families)
         self.module = AnsibleModule(argument_spec=spec, mutually_exclusive=exclusive or None,
                                     required_together=together or None, required_one_of=one_of or None, **kwargs)
@@ -259,6 +274,24 @@ class AnsibleTestfleetModule:
         return images.open_store(url, endpoint_url=params["endpoint_url"], region=params["region"],
                                  access_key=params["access_key"], secret_key=secret, profile=params["profile"],
                                  ca_file=params["ca_file"], timeout=params["timeout"], **options)
+
+    # --- progress -----------------------------------------------------------------------------
+    def progress_log(self, label, default=None):
+        """A :class:`ProgressLog` labelled ``label`` into ``progress_log``, else ``default``
+        (with neither, it writes nothing), every ``progress_interval`` seconds."""
+        return ProgressLog(self.params["progress_log"] or default, label, interval=self.params["progress_interval"])
+
+    def elapsed(self):
+        """Seconds since the module started (three decimals), the ``duration`` it returns."""
+        return round(time.monotonic() - self.started, 3)
+
+    # --- vm -----------------------------------------------------------------------------------
+    def vm_settings(self, cache_dir):
+        """The VM options as keyword arguments (``accel``, ``kvm_probe_file``, ``memory``,
+        ``cpus``, ``qemu``); ``kvm_probe_file`` defaults to ``kvm-probe.json`` in ``cache_dir``."""
+        settings = dict((key, self.params[key]) for key in FAMILIES["vm"]["argument_spec"])
+        settings["kvm_probe_file"] = settings["kvm_probe_file"] or os.path.join(cache_dir, KVM_PROBE_FILE)
+        return settings
 
 
 class BrokerPublisher:

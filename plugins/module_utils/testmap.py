@@ -110,13 +110,6 @@ class _Invalid(Exception):
         self.problem = problem
 
 
-def _type_name(value):
-    if value is None:
-        return "nothing (null)"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
-
-
 def _join(path, key):
     return "%s.%s" % (path, key) if path else str(key)
 
@@ -124,7 +117,7 @@ def _join(path, key):
 def _mapping(path, value, known, what):
     """Check that ``value`` is a mapping whose keys are all in ``known``."""
     if not isinstance(value, dict):
-        raise _Invalid(path, "must be a mapping (%s), not %s" % (what, _type_name(value)))
+        raise _Invalid(path, "must be a mapping (%s), not %s" % (what, files.type_name(value)))
     for key in value:
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
@@ -135,7 +128,7 @@ def _mapping(path, value, known, what):
 
 def _int(path, value, low, high):
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        shown = value if isinstance(value, int) and not isinstance(value, bool) else _type_name(value)
+        shown = value if isinstance(value, int) and not isinstance(value, bool) else files.type_name(value)
         raise _Invalid(path, "must be a whole number from %d to %d, not %s" % (low, high, shown))
     return value
 
@@ -149,7 +142,7 @@ def _queue(path, value):
 def _args(path, value):
     if not isinstance(value, dict):
         raise _Invalid(path, "must be a mapping (the test job's args, such as {command: [make, "
-                             "check]}), not %s" % _type_name(value))
+                             "check]}), not %s" % files.type_name(value))
     for key in value:
         if not isinstance(key, str):
             raise _Invalid(path, "keys must be strings, not %r" % (key,))
@@ -162,7 +155,7 @@ def _strings(path, value, what, check=None):
     if isinstance(value, str):
         raise _Invalid(path, "must be a list of %s (write [%s] for one)" % (plural, value))
     if not isinstance(value, list):
-        raise _Invalid(path, "must be a list of %s, not %s" % (plural, _type_name(value)))
+        raise _Invalid(path, "must be a list of %s, not %s" % (plural, files.type_name(value)))
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item.strip() or (check and not check(item)):
             raise _Invalid("%s[%d]" % (path, index), "must be %s, not %r" % (singular, item))
@@ -220,7 +213,7 @@ def _context(path, value, defaults, manual):
         name_path = _join(path, "context")
     else:
         raise _Invalid(path, "must be a context name (such as debian-12/default) or a mapping "
-                             "with context, queue, timeout, args, image; not %s" % _type_name(value))
+                             "with context, queue, timeout, args, image; not %s" % files.type_name(value))
     _mapping(path, value, CONTEXT_KEYS, "a context")
     if "context" not in value:
         raise _Invalid(name_path, "is required (the context's name)")
@@ -245,7 +238,7 @@ def _context(path, value, defaults, manual):
 
 def _contexts(path, value, defaults, manual):
     if not isinstance(value, list):
-        raise _Invalid(path, "must be a list of contexts, not %s" % _type_name(value))
+        raise _Invalid(path, "must be a list of contexts, not %s" % files.type_name(value))
     specs, seen = [], {}
     for index, item in enumerate(value):
         spec = _context("%s[%d]" % (path, index), item, defaults, manual)
@@ -278,19 +271,19 @@ def _repo(path, name, value, defaults, allow):
         repo.allow[key] = merged + [v for v in extra.get(key, ()) if v not in merged]
     heads = value.get("heads", True)
     if not isinstance(heads, bool):
-        raise _Invalid(_join(path, "heads"), "must be true or false, not %s" % _type_name(heads))
+        raise _Invalid(_join(path, "heads"), "must be true or false, not %s" % files.type_name(heads))
     repo.heads = heads
     branches = value.get("branches")
     branches = {} if branches is None else branches
     if not isinstance(branches, dict):
         raise _Invalid(_join(path, "branches"), "must be a mapping of branch name (or glob "
-                                                "pattern) to a list of contexts, not %s" % _type_name(branches))
+                                                "pattern) to a list of contexts, not %s" % files.type_name(branches))
     repo.branches, repo.patterns = {}, []
     for branch, contexts in branches.items():
         where = _join(_join(path, "branches"), branch)
         if not isinstance(branch, str) or not branch.strip():
             raise _Invalid(where, "a branch name must be a string (quote names such as '2024' "
-                                  "or 'yes'), not %s" % _type_name(branch))
+                                  "or 'yes'), not %s" % files.type_name(branch))
         specs = _contexts(where, contexts if contexts is not None else [], repo.defaults, False)
         if any(c in branch for c in GLOB_CHARS):
             repo.patterns.append((branch, specs))
@@ -436,7 +429,7 @@ def _parse(data, source):
     repos_data = {} if repos_data is None else repos_data
     if not isinstance(repos_data, dict):
         raise _Invalid("repos", "must be a mapping of 'owner/name' to the repository's branches, "
-                                "not %s" % _type_name(repos_data))
+                                "not %s" % files.type_name(repos_data))
     repos, lowered = collections.OrderedDict(), {}
     for name, value in repos_data.items():
         path = _join("repos", name)

@@ -170,9 +170,8 @@ duration:
 """
 
 import os
-import time
 
-from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ImageCache, ProgressLog
+from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ImageCache
 from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
@@ -192,20 +191,18 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    started = time.monotonic()
     with module.reporting():
         ref = image_naming.ImageRef(image_naming.check_name(params["name"]), image_naming.check_sha256(params["sha256"].lower()))
         store = module.image_store()
     cache = ImageCache(params["cache_dir"])
-    log_path = params["progress_log"] or (cache.progress_log_path() if not module.check_mode else None)
-    progress = ProgressLog(log_path, ref.image_file, interval=params["progress_interval"])
+    progress = module.progress_log(ref.image_file, default=None if module.check_mode else cache.progress_log_path())
     before = "present" if os.path.exists(cache.image_path(ref)) else "absent"
     with module.reporting(dict(name=ref.name, sha256=ref.sha256, path=cache.image_path(ref))):
         outcome = cache.fetch(store, ref, verify=params["verify"], lock_timeout=params["lock_timeout"],
                               retries=max(0, params["retries"]), progress=progress, check_mode=module.check_mode)
     if outcome["replaced_corrupt"]:
         before = "corrupt"
-    duration = round(time.monotonic() - started, 3)
+    duration = module.elapsed()
     if outcome["downloaded_bytes"]:
         message = "image_fetch: %s from %s: %d bytes in %.1f s (resumed from %d)" % (
             ref.image_file, store.describe(), outcome["downloaded_bytes"], duration, outcome["resumed_from"])

@@ -139,10 +139,8 @@ duration:
   sample: 12.5
 """
 
-import time
-
+from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils.images import store as images
-from ansible_collections.testfleet.infra.plugins.module_utils.images.cache import ProgressLog
 from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
@@ -169,7 +167,6 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    started = time.monotonic()
     if params["part_size_mib"] < 5:
         module.fail_json(msg="part_size_mib must be at least 5 (S3's smallest part)")
     if params["concurrency"] < 1:
@@ -179,20 +176,14 @@ def main():
     except image_naming.ImageNameError as exc:
         module.fail_json(msg="image: %s" % exc)
     manifest = None
-    if params["manifest"]:
-        try:
-            with open(params["manifest"], "rb") as handle:
-                manifest = image_naming.parse_manifest(handle.read(), ref, source=params["manifest"])
-        except OSError as exc:
-            module.fail_json(msg="cannot read the manifest %s: %s" % (params["manifest"], exc.strerror or exc))
-        except image_naming.ImageError as exc:
-            module.fail(exc)
     with module.reporting():
+        if params["manifest"]:
+            manifest = image_naming.parse_manifest(files.read_file(params["manifest"], "manifest"), ref,
+                                                   source=params["manifest"])
         store = module.image_store(part_size=params["part_size_mib"] * images.MIB, concurrency=params["concurrency"])
     progress = None
     if params["progress_log"]:
-        log = ProgressLog(params["progress_log"], "publish %s to %s" % (ref.image_file, store.describe()),
-                          interval=params["progress_interval"])
+        log = module.progress_log("publish %s to %s" % (ref.image_file, store.describe()))
 
         def progress(done, total):
             log("uploading", done, total)
@@ -212,7 +203,7 @@ def main():
     module.exit_json(
         changed=outcome["changed"], name=ref.name, sha256=ref.sha256, size=outcome["size"],
         location=store.location(ref.image_file), manifest_location=store.location(ref.manifest_file),
-        uploaded=outcome["uploaded"], manifest=outcome["manifest"], duration=round(time.monotonic() - started, 3),
+        uploaded=outcome["uploaded"], manifest=outcome["manifest"], duration=module.elapsed(),
         diff={"before": before, "after": after})
 
 

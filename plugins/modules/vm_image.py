@@ -24,6 +24,8 @@ description:
   - A built image is booted (a throwaway overlay, KVM when a probe shows it works, else TCG)
     and must answer over SSH as the test user (and pass the recipe's C(check) command) before
     it gets its final name; the manifest is written last.
+  - O(accel), O(memory), O(cpus) and O(qemu) are those of the boot check (and of the VM that
+    runs cloud-init on a cloud image, which gets at least 2048 MiB).
   - Debootstrap images need root (debootstrap, chroot, mount) and the Debian packages
     debootstrap, e2fsprogs, qemu-utils, qemu-system-x86 and openssh-client. A debootstrapped
     base is kept in O(cache_dir) per suite and package set, so another build that only changes
@@ -32,6 +34,7 @@ description:
     module runs (C(tail -f) it), and sent to the module's log (syslog/journal); the full output
     of the build's commands goes to O(output_log).
 extends_documentation_fragment:
+  - testfleet.infra.vm
   - ansible.builtin.action_common_attributes
 options:
   recipe:
@@ -70,33 +73,11 @@ options:
       - The file the build's commands write their output to (debootstrap, the setup script...).
         Default C(<output_dir>/logs/<name>.output.log).
     type: path
-  accel:
-    description:
-      - How the boot check runs the VM. C(auto) uses KVM only when a probe (a kernel booted under
-        KVM) shows it works here, else TCG; the probe's result is kept in O(kvm_probe_file).
-    type: str
-    choices: [auto, kvm, tcg]
-    default: auto
-  kvm_probe_file:
-    description:
-      - Where the KVM probe's result is read from and kept (JSON, as the worker role's
-        C(kvm-probe.json)). Delete it to probe again. Default C(<cache_dir>/kvm-probe.json).
-    type: path
   boot_timeout:
     description:
       - Seconds the boot check waits for the image to answer over SSH.
     type: int
     default: 600
-  memory:
-    description:
-      - MiB of memory of the boot-check VM.
-    type: int
-    default: 1024
-  cpus:
-    description:
-      - Virtual CPUs of the boot-check VM.
-    type: int
-    default: 2
   refresh_base:
     description:
       - Run debootstrap even when a base of the same suite and packages is cached (to get newer
@@ -126,11 +107,6 @@ options:
       - Seconds to wait for another build of the same image name in O(output_dir) to finish.
     type: int
     default: 7200
-  qemu:
-    description:
-      - The QEMU system emulator to run.
-    type: str
-    default: qemu-system-x86_64
 attributes:
   platform:
     platforms: posix
@@ -255,18 +231,14 @@ def main():
             work_dir=dict(type="path", default="/var/tmp"),
             progress_log=dict(type="path"),
             output_log=dict(type="path"),
-            accel=dict(type="str", choices=["auto", "kvm", "tcg"], default="auto"),
-            kvm_probe_file=dict(type="path"),
             boot_timeout=dict(type="int", default=600),
-            memory=dict(type="int", default=1024),
-            cpus=dict(type="int", default=2),
             refresh_base=dict(type="bool", default=False),
             rebuild=dict(type="bool", default=False),
             base_cache_keep=dict(type="int", default=3),
             setup_timeout=dict(type="int", default=3600),
             lock_timeout=dict(type="int", default=7200),
-            qemu=dict(type="str", default="qemu-system-x86_64"),
         ),
+        families=("vm",),
         mutually_exclusive=[("recipe", "recipe_file")],
         required_one_of=[("recipe", "recipe_file")],
         supports_check_mode=True,
@@ -334,11 +306,9 @@ def main():
                 pass  # this build's output only
             steps.note("building %s (recipe %s)" % (recipe.name, recipe.sha256[:12]))
             path, manifest = vm_build.build_image(
-                recipe, output_dir, params["cache_dir"], params["work_dir"], steps, accel=params["accel"],
-                kvm_probe_file=params["kvm_probe_file"] or os.path.join(params["cache_dir"], "kvm-probe.json"),
-                boot_timeout=params["boot_timeout"], memory=params["memory"], cpus=params["cpus"],
-                qemu=params["qemu"], refresh_base=params["refresh_base"] or params["rebuild"], base_cache_keep=params["base_cache_keep"],
-                setup_timeout=params["setup_timeout"])
+                recipe, output_dir, params["cache_dir"], params["work_dir"], steps, boot_timeout=params["boot_timeout"],
+                refresh_base=params["refresh_base"] or params["rebuild"], base_cache_keep=params["base_cache_keep"],
+                setup_timeout=params["setup_timeout"], **module.vm_settings(params["cache_dir"]))
     except (vm_steps.BuildError, vm_recipe.RecipeError) as exc:
         steps.note("build failed: %s" % exc)
         module.fail_json(msg="building %s failed: %s" % (recipe.name, exc), output_log=output_path,

@@ -40,6 +40,7 @@ description:
     user in C(/etc/libvirt/qemu.conf) cannot open C(/dev/kvm), libvirt probes QEMU again on every start
     (about 45 s); set C(user) and C(group) to C(root) there, or make C(/dev/kvm) C(0660 root:kvm).
 extends_documentation_fragment:
+  - testfleet.infra.vm
   - ansible.builtin.action_common_attributes
 options:
   name:
@@ -71,27 +72,6 @@ options:
       - Where kernels and initrds extracted from images are kept (one folder per image SHA-256).
         Default C(~/.cache/testfleet/vm-boot).
     type: path
-  accel:
-    description:
-      - C(auto) uses KVM only when a probe (booting the image's kernel under KVM) shows it works,
-        else TCG; the probe's result is kept in O(kvm_probe_file).
-    type: str
-    choices: [auto, kvm, tcg]
-    default: auto
-  kvm_probe_file:
-    description:
-      - The KVM probe's result, a JSON object with the keys C(kvm) (true or false) and C(reason). A worker can pass the
-        file its role keeps (C(<worker_home>/kvm-probe.json)). Default
-        C(~/.cache/testfleet/kvm-probe.json). Delete it to probe again.
-    type: path
-  memory:
-    description: MiB of memory.
-    type: int
-    default: 1024
-  cpus:
-    description: Virtual CPUs.
-    type: int
-    default: 2
   forward_ports:
     description:
       - Guest TCP ports (besides 22) to forward from free ports on 127.0.0.1; C(forwarded_ports)
@@ -126,10 +106,6 @@ options:
   cmdline:
     description: The kernel command line with O(kernel) (default C(root=/dev/vda rw console=ttyS0)).
     type: str
-  qemu:
-    description: The QEMU system emulator to run (with O(backend=libvirt), the domain's C(<emulator>)).
-    type: str
-    default: qemu-system-x86_64
   backend:
     description:
       - What starts QEMU. C(qemu) runs it directly (under the keeper process). C(libvirt) has libvirtd
@@ -137,6 +113,7 @@ options:
         or start when there is no libvirtd or no libvirt Python binding. C(auto) is C(libvirt) when a
         libvirtd answers on O(libvirt_uri) and the binding imports, else C(qemu); C(backend_reason) says why.
       - A VM that runs with another backend than one asked for explicitly is stopped and started again.
+      - With C(libvirt), O(qemu) is the domain's C(<emulator>).
     type: str
     choices: [auto, qemu, libvirt]
     default: auto
@@ -337,8 +314,7 @@ def _manifest_of(image):
 
 
 def _started_result(state, run_dir):
-    target = vm_run.SshTarget(state["ssh"]["port"], state["ssh"]["user"], state["ssh"]["private_key_file"],
-                              state["ssh"]["known_hosts_file"], state["ssh"]["host_key_alias"])
+    target = vm_run.SshTarget.from_description(state["ssh"])
     result = dict(state="running", run_dir=run_dir, ssh=target.describe(), ssh_config=os.path.join(run_dir, "ssh_config"),
                   inventory_vars=target.ansible_vars(), forwarded_ports={str(k): v for k, v in state["forwards"].items()},
                   accel=state["accel"], accel_reason=state["accel_reason"], keeper_pid=state["keeper_pid"],
@@ -366,10 +342,6 @@ def main():
             image=dict(type="path"),
             state_dir=dict(type="path"),
             boot_cache_dir=dict(type="path"),
-            accel=dict(type="str", choices=["auto", "kvm", "tcg"], default="auto"),
-            kvm_probe_file=dict(type="path"),
-            memory=dict(type="int", default=1024),
-            cpus=dict(type="int", default=2),
             forward_ports=dict(type="list", elements="int", default=[]),
             boot_timeout=dict(type="int", default=300),
             lifetime=dict(type="int", default=10800),
@@ -378,11 +350,11 @@ def main():
             kernel=dict(type="path"),
             initrd=dict(type="path"),
             cmdline=dict(type="str"),
-            qemu=dict(type="str", default="qemu-system-x86_64"),
             backend=dict(type="str", choices=["auto", "qemu", "libvirt"], default="auto"),
             libvirt_uri=dict(type="str", default=vm_libvirt.DEFAULT_URI),
         ),
         required_if=[("state", "started", ("image",))],
+        families=("vm",),
         supports_check_mode=True,
     )
     params = module.params
@@ -438,13 +410,13 @@ def main():
         manifest = _manifest_of(image)
         boot = vm_run.boot_spec(image, manifest, params["boot_cache_dir"] or os.path.join(home, "vm-boot"),
                                 kernel=params["kernel"], initrd=params["initrd"], cmdline=params["cmdline"])
-        accel, reason = vm_run.choose_accel(params["accel"], kernel=boot.get("kernel_file"),
-                                            probe_file=params["kvm_probe_file"] or os.path.join(home, "kvm-probe.json"),
-                                            qemu=params["qemu"])
+        settings = module.vm_settings(home)
+        accel, reason = vm_run.choose_accel(settings["accel"], kernel=boot.get("kernel_file"),
+                                            probe_file=settings["kvm_probe_file"], qemu=settings["qemu"])
         user = params["user"] or (manifest or {}).get("user") or "tester"
-        machine = dict(boot=boot, user=user, accel=accel, accel_reason=reason, memory=params["memory"],
-                       cpus=params["cpus"], forwards=params["forward_ports"], qemu=params["qemu"], name=params["name"],
-                       keep_run_dir=True)
+        machine = dict(boot=boot, user=user, accel=accel, accel_reason=reason, memory=settings["memory"],
+                       cpus=settings["cpus"], forwards=params["forward_ports"], qemu=settings["qemu"],
+                       name=params["name"], keep_run_dir=True)
         if backend == "libvirt":
             vm = vm_libvirt.LibvirtMachine(image, run_dir, uri=params["libvirt_uri"], **machine)
         else:
@@ -456,8 +428,7 @@ def main():
                                                                               exc), **result)
     state["backend_reason"] = backend_reason
 
-    target = vm_run.SshTarget(state["ssh"]["port"], state["ssh"]["user"], state["ssh"]["private_key_file"],
-                              state["ssh"]["known_hosts_file"], state["ssh"]["host_key_alias"])
+    target = vm_run.SshTarget.from_description(state["ssh"])
     try:
         vm_run.wait_for_ssh(target, time.monotonic() + params["boot_timeout"], lambda: _vm_alive(state),
                             state["console"])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -298,16 +299,24 @@ def extract_boot_files(image, kernel_path, initrd_path, target_dir):
 
 # --- SSH ----------------------------------------------------------------------------------------
 
+@dataclasses.dataclass
 class SshTarget:
-    """How to reach a VM's sshd on 127.0.0.1: ``argv(command)`` and ``run(command)``."""
+    """How to reach a VM's sshd on 127.0.0.1: ``argv(command)`` and ``run(command)``.
 
-    def __init__(self, port, user, key_file, known_hosts, alias, host="127.0.0.1"):
-        self.host = host
-        self.port = port
-        self.user = user
-        self.key_file = key_file
-        self.known_hosts = known_hosts
-        self.alias = alias
+    :meth:`describe` is what a VM's state file and the module's result keep of it;
+    :meth:`from_description` makes it again from that."""
+
+    port: int
+    user: str
+    key_file: str
+    known_hosts: str
+    alias: str
+    host: str = "127.0.0.1"
+
+    @classmethod
+    def from_description(cls, described):
+        return cls(described["port"], described["user"], described["private_key_file"], described["known_hosts_file"],
+                   described["host_key_alias"], host=described.get("host", "127.0.0.1"))
 
     def options(self):
         return ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityFile=%s" % self.key_file,
