@@ -296,6 +296,7 @@ from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import processes as vm_processes
 from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
@@ -330,8 +331,8 @@ def _vm_alive(state):
     """QEMU runs (when its pid is known: always with the qemu backend), else its keeper does
     (the keeper of a libvirt VM ends when the domain ends)."""
     if state.get("qemu_pid"):
-        return vm_run.process_alive(state["qemu_pid"], state["qemu_start"])
-    return vm_run.process_alive(state["keeper_pid"], state["keeper_start"])
+        return vm_processes.process_alive(state["qemu_pid"], state["qemu_start"])
+    return vm_processes.process_alive(state["keeper_pid"], state["keeper_start"])
 
 
 def main():
@@ -421,7 +422,7 @@ def main():
             vm = vm_libvirt.LibvirtMachine(image, run_dir, uri=params["libvirt_uri"], **machine)
         else:
             vm = vm_run.VirtualMachine(image, run_dir, **machine)
-        owner = vm_run.find_playbook_pid() if params["tie_to_playbook"] else None
+        owner = vm_processes.find_playbook_pid() if params["tie_to_playbook"] else None
         state = vm_detached.start_detached(vm, owner_pid=owner, lifetime=params["lifetime"] or None)
     except vm_run.VmError as exc:
         module.fail_json(msg="cannot start the VM %s (%s backend: %s): %s" % (params["name"], backend, backend_reason,

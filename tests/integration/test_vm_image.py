@@ -22,6 +22,7 @@ import pytest
 from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import processes as vm_processes
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 HAS_QEMU = shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
@@ -32,7 +33,7 @@ CACHE_DIR = os.environ.get("TESTFLEET_VM_CACHE_DIR", "/var/cache/testfleet/vm-bu
 def _gone(pid, start, within=10.0):
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if not vm_run.process_alive(pid, start):
+        if not vm_processes.process_alive(pid, start):
             return True
         time.sleep(0.1)
     return False
@@ -54,7 +55,8 @@ def _helper(collections_path, code, *args):
     prelude = ("import json, signal, sys, time\n"
                "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
                "from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run\n"
-               "from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached\n")
+               "from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached\n"
+               "from ansible_collections.testfleet.infra.plugins.module_utils.vm import processes as vm_processes\n")
     return subprocess.Popen([sys.executable, "-c", prelude + code] + list(args), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
 
@@ -67,7 +69,7 @@ def test_vm_runs_on_an_overlay_and_stops_with_its_process_group(tmp_path, blank_
     run_dir = tmp_path / "run"
     with vm_run.VirtualMachine(blank_image, str(run_dir), accel="tcg", name="blank") as vm:
         pid = vm.proc.pid
-        start = vm_run.process_start_time(pid)
+        start = vm_processes.process_start_time(pid)
         assert vm.alive() and os.getpgid(pid) == pid  # its own process group
         assert (run_dir / "overlay.qcow2").exists() and (run_dir / "ssh_config").exists()
         info = subprocess.run(["qemu-img", "info", "--output=json", "-U", str(run_dir / "overlay.qcow2")],
@@ -88,11 +90,11 @@ def test_vm_runs_on_an_overlay_and_stops_with_its_process_group(tmp_path, blank_
 def test_qemu_goes_when_its_process_is_stopped_or_killed(tmp_path, blank_image, collections_path, how):
     code = ("vm = vm_run.VirtualMachine(sys.argv[1], sys.argv[2], accel='tcg', name='sig')\n"
             "with vm:\n"
-            "    print(vm.proc.pid, vm_run.process_start_time(vm.proc.pid), flush=True)\n"
+            "    print(vm.proc.pid, vm_processes.process_start_time(vm.proc.pid), flush=True)\n"
             "    time.sleep(60)\n")
     proc = _helper(collections_path, code, blank_image, str(tmp_path / "run"))
     pid, start = (int(field) for field in proc.stdout.readline().split())
-    assert vm_run.process_alive(pid, start)
+    assert vm_processes.process_alive(pid, start)
     proc.send_signal(how)
     proc.wait(60)  # QEMU gets SIGTERM, then SIGKILL after 5 s: seconds, more on a loaded machine
     assert _gone(pid, start, within=5), "QEMU survived %s of the process that started it" % how.name
@@ -121,7 +123,7 @@ def test_a_detached_vm_outlives_its_starter_and_goes_with_its_owner(tmp_path, bl
         state = _start_detached(collections_path, blank_image, run_dir, owner=owner.pid)
         assert state["owner_pid"] == owner.pid and state["state"] == "running"
         time.sleep(1.5)  # the process that started it has ended; the VM runs on
-        assert vm_run.process_alive(state["qemu_pid"], state["qemu_start"])
+        assert vm_processes.process_alive(state["qemu_pid"], state["qemu_start"])
         assert vm_detached.read_state(str(run_dir))["running"]
         owner.kill()  # the job's ansible-playbook is killed
         owner.wait()
@@ -143,7 +145,7 @@ def test_a_detached_vm_stops_when_asked_or_at_the_end_of_its_lifetime(tmp_path, 
     killed = _start_detached(collections_path, blank_image, tmp_path / "killed")
     try:
         assert vm_detached.stop_detached(str(tmp_path / "asked")) is True
-        assert not vm_run.process_alive(asked["qemu_pid"], asked["qemu_start"])
+        assert not vm_processes.process_alive(asked["qemu_pid"], asked["qemu_start"])
         assert not (tmp_path / "asked").exists()
         assert _gone(timed["qemu_pid"], timed["qemu_start"], within=10)
         # the keeper killed outright: QEMU goes with it (PR_SET_PDEATHSIG)
@@ -331,7 +333,7 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
     assert result["over_ssh"] == ["tester", "setup-ran", "root-ok"]
     assert (tmp_path / "job.json.uname").read_text().strip() == manifest["boot_check"]["kernel_release"]
     assert set(vm["forwarded_ports"]) == {"8080"}
-    assert not vm_run.process_alive(vm["qemu_pid"]) and not (state_dir / "job-1").exists()
+    assert not vm_processes.process_alive(vm["qemu_pid"]) and not (state_dir / "job-1").exists()
     assert image_naming.file_sha256(path) == ref.sha256  # the image was never written
 
     # a job killed while its VM runs: the VM goes with it
@@ -345,7 +347,7 @@ def test_build_boot_and_tear_down_a_real_image(tmp_path, collections_path, run_m
             assert job.poll() is None and time.monotonic() < deadline, "the job ended before its VM was up"
             time.sleep(1)
         state = vm_detached.read_state(str(state_dir / "job-2"))
-        assert state["running"] and vm_run.process_alive(state["qemu_pid"], state["qemu_start"])
+        assert state["running"] and vm_processes.process_alive(state["qemu_pid"], state["qemu_start"])
         os.killpg(job.pid, signal.SIGKILL)  # as a worker cancels a job it has to
         job.wait(30)
         assert _gone(state["qemu_pid"], state["qemu_start"], within=15)

@@ -32,8 +32,7 @@ import pytest
 from ansible_collections.testfleet.infra.plugins.module_utils.images import naming as image_naming
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
-
-from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import processes as vm_processes
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 URI = "qemu:///system"
@@ -95,13 +94,13 @@ class Daemons:
         subprocess.run([program, "-d", "-p", pid_file] + list(argv_extra), check=True, timeout=60)
         assert _wait(lambda: _read_pid(pid_file) is not None, 10), "%s wrote no pid file" % name
         pid = _read_pid(pid_file)
-        self.started[name] = (pid, vm_run.process_start_time(pid))
+        self.started[name] = (pid, vm_processes.process_start_time(pid))
 
     def stop(self, name, timeout=30, how=signal.SIGTERM):
         pid, start = self.started.pop(name)
-        if vm_run.process_alive(pid, start):
+        if vm_processes.process_alive(pid, start):
             os.kill(pid, how)
-            if not _wait(lambda: not vm_run.process_alive(pid, start), timeout):
+            if not _wait(lambda: not vm_processes.process_alive(pid, start), timeout):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):  # the daemon removes it as it ends
             os.unlink(os.path.join(self.folder, name + ".pid"))
@@ -180,20 +179,20 @@ def test_a_transient_domain_goes_with_its_keeper(tmp_path, blank_image, collecti
             assert state["backend"] == "libvirt" and state["libvirt"]["uri"] == URI
             assert _domain(state["libvirt"]["uuid"]) == {"name": state["libvirt"]["domain"], "active": True,
                                                          "persistent": False}  # transient: never defined
-            assert state["qemu_pid"] and vm_run.process_alive(state["qemu_pid"], state["qemu_start"])
+            assert state["qemu_pid"] and vm_processes.process_alive(state["qemu_pid"], state["qemu_start"])
         assert vm_detached.read_state(str(tmp_path / "killed"))["running"]
 
         # the keeper killed outright: its connection closes, libvirtd destroys the domain (autodestroy)
         os.kill(killed["keeper_pid"], signal.SIGKILL)
         assert _wait(lambda: _domain(killed["libvirt"]["uuid"]) is None, 10), "the domain outlived its keeper"
-        assert _wait(lambda: not vm_run.process_alive(killed["qemu_pid"], killed["qemu_start"]), 10)
+        assert _wait(lambda: not vm_processes.process_alive(killed["qemu_pid"], killed["qemu_start"]), 10)
         assert vm_detached.read_state(str(tmp_path / "killed"))["running"] is False
         assert vm_detached.stop_detached(str(tmp_path / "killed")) is False and not (tmp_path / "killed").exists()
 
         # asked to stop (state=absent)
         assert vm_detached.stop_detached(str(tmp_path / "asked")) is True
         assert _domain(asked["libvirt"]["uuid"]) is None and not (tmp_path / "asked").exists()
-        assert not vm_run.process_alive(asked["keeper_pid"], asked["keeper_start"])
+        assert not vm_processes.process_alive(asked["keeper_pid"], asked["keeper_start"])
     finally:
         for name in ("killed", "asked"):
             vm_detached.stop_detached(str(tmp_path / name))
@@ -213,7 +212,7 @@ def test_a_libvirtd_restart_does_not_leave_the_domain_behind(tmp_path, blank_ima
         assert _domain(state["libvirt"]["uuid"])["active"]
         libvirtd.daemons.restart_libvirtd(how)
         assert _wait(lambda: _domain(state["libvirt"]["uuid"]) is None, 40), "the domain outlived libvirtd's restart"
-        assert _wait(lambda: not vm_run.process_alive(state["keeper_pid"], state["keeper_start"]), 30)
+        assert _wait(lambda: not vm_processes.process_alive(state["keeper_pid"], state["keeper_start"]), 30)
         kept = vm_detached.read_state(str(tmp_path / "restart"))
         assert kept["state"] == "stopped" and "connection to libvirtd broke" in kept["reason"]
     finally:
@@ -376,9 +375,9 @@ def test_a_job_boots_an_image_through_libvirt_and_the_vm_goes_with_the_job(tmp_p
         os.killpg(job.pid, signal.SIGKILL)  # as a worker cancels a job it has to
         job.wait(30)
         assert _wait(lambda: _domain(killed["libvirt"]["uuid"]) is None, 15), "the domain outlived the killed job"
-        assert _wait(lambda: not vm_run.process_alive(state["keeper_pid"], state["keeper_start"]), 15)
+        assert _wait(lambda: not vm_processes.process_alive(state["keeper_pid"], state["keeper_start"]), 15)
         if state.get("qemu_pid"):
-            assert _wait(lambda: not vm_run.process_alive(state["qemu_pid"], state["qemu_start"]), 15)
+            assert _wait(lambda: not vm_processes.process_alive(state["qemu_pid"], state["qemu_start"]), 15)
         assert _wait(lambda: not (state_dir / "lv-2").exists(), 10)
     finally:
         if job.poll() is None:

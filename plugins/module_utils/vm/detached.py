@@ -22,6 +22,7 @@ import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import processes as vm_processes
 
 STATE_FILE = "instance.json"
 
@@ -37,7 +38,7 @@ def start_detached(vm, owner_pid=None, lifetime=None, ready_timeout=60.0):
     with the keeper (PR_SET_PDEATHSIG), even when the keeper is killed with SIGKILL.
     """
     os.makedirs(vm.run_dir, mode=0o700, exist_ok=True)
-    owner_start = vm_run.process_start_time(owner_pid) if owner_pid else None
+    owner_start = vm_processes.process_start_time(owner_pid) if owner_pid else None
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the forked processes
@@ -105,7 +106,7 @@ def _keeper(vm, report_fd, owner_pid, owner_start, lifetime):  # pragma: no cove
     try:
         vm.start()
         state = vm.info()
-        state.update(state="running", keeper_pid=os.getpid(), keeper_start=vm_run.process_start_time(os.getpid()),
+        state.update(state="running", keeper_pid=os.getpid(), keeper_start=vm_processes.process_start_time(os.getpid()),
                      owner_pid=owner_pid, owner_start=owner_start, started_at=time.time(),
                      deadline=time.time() + lifetime if lifetime else None)
         vm_run.write_json(state_path, state)
@@ -123,7 +124,7 @@ def _keeper(vm, report_fd, owner_pid, owner_start, lifetime):  # pragma: no cove
         if not vm.alive():
             crashed = True
             stop["reason"] = vm.exit_reason()
-        elif owner_pid and not vm_run.process_alive(owner_pid, owner_start):
+        elif owner_pid and not vm_processes.process_alive(owner_pid, owner_start):
             stop["reason"] = "its owner (pid %d) ended" % owner_pid
         elif state.get("deadline") and time.time() > state["deadline"]:
             stop["reason"] = "its lifetime of %d s is over" % lifetime
@@ -147,8 +148,8 @@ def read_state(run_dir):
     state = vm_run.read_json(os.path.join(run_dir, STATE_FILE))
     if not isinstance(state, dict):
         return None
-    state["running"] = bool(vm_run.process_alive(state.get("keeper_pid"), state.get("keeper_start"))
-                            or vm_run.process_alive(state.get("qemu_pid"), state.get("qemu_start")))
+    state["running"] = bool(vm_processes.process_alive(state.get("keeper_pid"), state.get("keeper_start"))
+                            or vm_processes.process_alive(state.get("qemu_pid"), state.get("qemu_start")))
     return state
 
 
@@ -160,17 +161,17 @@ def _stop_keeper(run_dir, timeout=30.0):
     if state:
         keeper, keeper_start = state.get("keeper_pid"), state.get("keeper_start")
         qemu_pid, qemu_start = state.get("qemu_pid"), state.get("qemu_start")
-        if vm_run.process_alive(keeper, keeper_start):
+        if vm_processes.process_alive(keeper, keeper_start):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(keeper, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (vm_run.process_alive(keeper, keeper_start)
-                                               or vm_run.process_alive(qemu_pid, qemu_start)):
+        while time.monotonic() < deadline and (vm_processes.process_alive(keeper, keeper_start)
+                                               or vm_processes.process_alive(qemu_pid, qemu_start)):
             time.sleep(0.2)
         # QEMU started by libvirtd is not the leader of a process group of its own
         own_group = state.get("backend", "qemu") == "qemu"
         for pid, start, group in ((qemu_pid, qemu_start, own_group), (keeper, keeper_start, False)):
-            if vm_run.process_alive(pid, start):
+            if vm_processes.process_alive(pid, start):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     if group:
                         os.killpg(pid, signal.SIGKILL)
@@ -193,13 +194,13 @@ def stop_detached(run_dir, timeout=30.0):
     if not state or state.get("backend") != "libvirt":
         return _stop_keeper(run_dir, timeout=timeout)
     keeper, keeper_start = state.get("keeper_pid"), state.get("keeper_start")
-    if vm_run.process_alive(keeper, keeper_start):
+    if vm_processes.process_alive(keeper, keeper_start):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(keeper, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and vm_run.process_alive(keeper, keeper_start):
+        while time.monotonic() < deadline and vm_processes.process_alive(keeper, keeper_start):
             time.sleep(0.2)
-        if vm_run.process_alive(keeper, keeper_start):  # its connection closes: libvirtd destroys the domain
+        if vm_processes.process_alive(keeper, keeper_start):  # its connection closes: libvirtd destroys the domain
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(keeper, signal.SIGKILL)
     details = state.get("libvirt") or {}

@@ -42,6 +42,7 @@ import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import processes as vm_processes
 
 try:
     import libvirt
@@ -247,7 +248,7 @@ def _pid_files(name, uri):
 
 
 def _is_qemu_of(pid, name):
-    argv = vm_run._cmdline(pid)
+    argv = vm_processes.command_line(pid)
     return any(part.startswith("guest=%s," % name) or part == "guest=%s" % name for part in argv)
 
 
@@ -417,7 +418,7 @@ class LibvirtMachine(vm_run.VirtualMachine):
             # a broken connection (self.lost) is replaced: libvirtd forgot autodestroy if it restarted
             destroy_domain(self.uri, self.uuid, conn=None if self.lost else self.conn)
         except vm_run.VmError:
-            if self.qemu_pid and vm_run.process_alive(self.qemu_pid):
+            if self.qemu_pid and vm_processes.process_alive(self.qemu_pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(self.qemu_pid, signal.SIGKILL)
         finally:
@@ -429,7 +430,7 @@ class LibvirtMachine(vm_run.VirtualMachine):
     def info(self):
         info = super().info()
         info.update(backend="libvirt", qemu_pid=self.qemu_pid,
-                    qemu_start=vm_run.process_start_time(self.qemu_pid) if self.qemu_pid else None,
+                    qemu_start=vm_processes.process_start_time(self.qemu_pid) if self.qemu_pid else None,
                     libvirt={"uri": self.uri, "domain": self.domain_name, "uuid": self.uuid,
                              "start_s": self.start_seconds, "domain_xml": self.domain_file,
                              "log": log_file(self.domain_name, self.uri)})

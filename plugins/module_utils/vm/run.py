@@ -49,6 +49,7 @@ import time
 
 from ansible_collections.testfleet.infra.plugins.module_utils.files import write_atomic
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import kvm
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import processes as vm_processes
 
 DEFAULT_QEMU = kvm.DEFAULT_QEMU
 FW_CFG_AUTHORIZED_KEYS = "opt/org.testfleet/authorized_keys"
@@ -61,69 +62,6 @@ class VmError(Exception):
 
 
 # --- small helpers ------------------------------------------------------------------------------
-
-def process_start_time(pid):
-    """The start time of a process (clock ticks since boot), or None when it does not exist:
-    with the pid it names one process, even after the pid is reused."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read()
-    except (OSError, TypeError):
-        return None
-    try:
-        return int(data[data.rindex(b")") + 2:].split()[19])
-    except (ValueError, IndexError):
-        return None
-
-
-def _process_state(pid):
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read()
-        return data[data.rindex(b")") + 2:].split()[0].decode()
-    except (OSError, ValueError, IndexError, TypeError):
-        return None
-
-
-def process_alive(pid, start_time=None):
-    """True when ``pid`` runs (not a zombie) and, given ``start_time``, is that very process."""
-    state = _process_state(pid) if pid else None
-    if state is None or state in ("Z", "X"):
-        return False
-    return start_time is None or process_start_time(pid) == start_time
-
-
-def _parent_pid(pid):
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read()
-        return int(data[data.rindex(b")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return [part.decode("utf-8", "replace") for part in handle.read().split(b"\0") if part]
-    except OSError:
-        return []
-
-
-def find_playbook_pid(start=None):
-    """The ``ansible-playbook`` process this process runs under (the outermost one: Ansible's
-    own forks of it run one task each and end), or None."""
-    pid = os.getppid() if start is None else start
-    found = None
-    seen = 0
-    while pid and pid > 1 and seen < 64:
-        argv = _cmdline(pid)
-        if any(os.path.basename(part) == "ansible-playbook" for part in argv[:2]):
-            found = pid
-        pid = _parent_pid(pid)
-        seen += 1
-    return found
-
 
 def free_port():
     """A TCP port on 127.0.0.1 that nobody listens on now."""
@@ -590,7 +528,7 @@ class VirtualMachine:
     def info(self):
         return {"name": self.name, "backend": "qemu", "image": self.image, "run_dir": self.run_dir, "accel": self.accel,
                 "accel_reason": self.accel_reason, "qemu_pid": self.proc.pid if self.proc else None,
-                "qemu_start": process_start_time(self.proc.pid) if self.proc else None,
+                "qemu_start": vm_processes.process_start_time(self.proc.pid) if self.proc else None,
                 "ssh": self.target.describe() if self.target else None, "forwards": dict(self.forwards),
                 "console": self.console, "boot": self.boot.get("mode")}
 

@@ -8,8 +8,7 @@ import os
 import pytest
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import libvirt_domain as vm_libvirt
-
-from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import processes as vm_processes
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 
@@ -70,7 +69,7 @@ def _record_running_vm(tmp_path, image, backend):
     run_dir.mkdir(parents=True)
     state = {"name": "job-1", "image": image, "run_dir": str(run_dir), "accel": "tcg", "accel_reason": "tcg asked for",
              "qemu_pid": None, "qemu_start": None, "keeper_pid": os.getpid(),
-             "keeper_start": vm_run.process_start_time(os.getpid()), "state": "running", "forwards": {},
+             "keeper_start": vm_processes.process_start_time(os.getpid()), "state": "running", "forwards": {},
              "console": str(run_dir / "serial.log"), "boot": "kernel", "backend": backend,
              "backend_reason": "auto: libvirtd 9.0.0 answers on qemu:///system",
              "ssh": {"host": "127.0.0.1", "port": 40022, "user": "tester", "private_key_file": str(run_dir / "id_ed25519"),

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import run as vm_run
+from ansible_collections.testfleet.infra.plugins.module_utils.vm import processes as vm_processes
 from ansible_collections.testfleet.infra.plugins.module_utils.vm import detached as vm_detached
 
 
@@ -104,15 +105,15 @@ def test_banner_recognises_an_ssh_server():
 def test_process_identity():
     proc = subprocess.Popen(["sleep", "30"])
     try:
-        start = vm_run.process_start_time(proc.pid)
+        start = vm_processes.process_start_time(proc.pid)
         assert start is not None
-        assert vm_run.process_alive(proc.pid) and vm_run.process_alive(proc.pid, start)
-        assert not vm_run.process_alive(proc.pid, start + 1)  # another process that got the same pid
+        assert vm_processes.process_alive(proc.pid) and vm_processes.process_alive(proc.pid, start)
+        assert not vm_processes.process_alive(proc.pid, start + 1)  # another process that got the same pid
     finally:
         proc.kill()
         proc.wait()
-    assert not vm_run.process_alive(proc.pid, start)
-    assert vm_run.process_start_time(2 ** 22 + 1) is None and not vm_run.process_alive(None)
+    assert not vm_processes.process_alive(proc.pid, start)
+    assert vm_processes.process_start_time(2 ** 22 + 1) is None and not vm_processes.process_alive(None)
 
 
 def test_find_playbook_pid_takes_the_outermost():
@@ -125,8 +126,8 @@ def test_find_playbook_pid_takes_the_outermost():
     inner = None
     try:
         inner = int(outer.stdout.readline())
-        assert vm_run.find_playbook_pid(start=inner) == outer.pid
-        assert vm_run.find_playbook_pid(start=os.getpid()) != outer.pid  # not an ancestor of this process
+        assert vm_processes.find_playbook_pid(start=inner) == outer.pid
+        assert vm_processes.find_playbook_pid(start=os.getpid()) != outer.pid  # not an ancestor of this process
     finally:
         if inner:
             os.kill(inner, 9)
