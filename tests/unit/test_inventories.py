@@ -3,8 +3,8 @@
 """The shipped inventories: they parse, and every role variable they set is one the role knows.
 
 A misspelt role variable in an inventory is silently ignored by Ansible (the role's default
-wins), so each ``rabbitmq_*``, ``webhook_*`` and ``worker_*`` key of the inventories must be
-an option of that role's ``meta/argument_specs.yml``.
+wins), so each ``rabbitmq_*``, ``webhook_*``, ``worker_*`` and ``collection_artifact_*`` key of
+the inventories must be an option of that role's ``meta/argument_specs.yml``.
 """
 
 import json
@@ -17,7 +17,7 @@ import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 INVENTORIES = sorted(p for p in (REPO / "inventories").iterdir() if (p / "hosts.yml").exists())
-ROLES = ("rabbitmq", "webhook", "worker")
+ROLES = ("rabbitmq", "webhook", "worker", "collection_artifact")
 
 
 def _role_options(role):
@@ -66,8 +66,8 @@ def test_role_variables_are_role_options(inventory):
     options = {role: _role_options(role) for role in ROLES}
     unknown = []
     for path, key in _variables(inventory):
-        role = key.split("_", 1)[0]
-        if role in options and key not in options[role]:
+        role = next((r for r in ROLES if key.startswith(r + "_")), None)
+        if role and key not in options[role]:
             unknown.append("%s: %s" % (path.relative_to(REPO), key))
     assert not unknown, "not options of their role's meta/argument_specs.yml: %s" % ", ".join(unknown)
 
@@ -77,3 +77,7 @@ def test_a_misspelt_variable_is_caught(tmp_path):
     (tmp_path / "hosts.yml").write_text("all: {hosts: {h: {worker_slot: 2}}}\n")
     assert (tmp_path / "hosts.yml", "worker_slot") in _variables(tmp_path)
     assert "worker_slot" not in _role_options("worker")
+
+
+def test_every_role_is_checked():
+    assert set(ROLES) == {p.name for p in (REPO / "roles").iterdir() if (p / "meta" / "argument_specs.yml").exists()}
