@@ -35,7 +35,7 @@ from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.folder im
     ATTACHMENTS, CONTENT_TYPES, DEFAULT_URL, LOG, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENT_FILES, MAX_LOG_BYTES,
     NO_STORE, RESULT, VIEWER, LogStoreError, ShortFile, check_job_id, check_name, public_location, result_bytes)
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.redaction import (
-    REDACTED, Redactor, job_secrets, public_job)
+    Redactor, job_secrets, public_job)
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.s3 import S3Store
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.stores import LocalStore, open_store
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.viewer import viewer_bytes, viewer_html
@@ -46,6 +46,6 @@ __all__ = [
     "ATTACHMENTS", "CONTENT_TYPES", "DEFAULT_URL", "LOG", "MAX_ATTACHMENT_BYTES", "MAX_ATTACHMENT_FILES", "MAX_LOG_BYTES",
     "NO_STORE", "RESULT", "VIEWER", "LogStoreError", "ShortFile", "check_job_id", "check_name", "public_location",
     "result_bytes",
-    "REDACTED", "Redactor", "job_secrets", "public_job", "S3Store", "LocalStore", "open_store",
+    "Redactor", "job_secrets", "public_job", "S3Store", "LocalStore", "open_store",
     "viewer_bytes", "viewer_html", "S3_RESEND_BYTES_PER_S", "JobSpool", "Shipper", "upload_folder",
 ]
