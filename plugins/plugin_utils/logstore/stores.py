@@ -19,7 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils import s3
-from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.folder import DEFAULT_URL, LogStoreError, ShortFile, check_job_id, check_name, public_location
+from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.folder import (
+    DEFAULT_URL, LogStoreError, ShortFile, check_job_id, check_name, public_location)
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.s3 import S3Store
 
 
