@@ -29,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     PIKA_IMPORT_ERROR = exc
 
 from ansible_collections.testfleet.infra.plugins.module_utils import files
+from ansible_collections.testfleet.infra.plugins.module_utils.redact import MASK
 
 DEFAULT_URL = "amqp://127.0.0.1:5672/"
 DEFAULT_HEARTBEAT = 60
@@ -55,12 +56,12 @@ class PublishRefused(AmqpError):
 
 
 def redact_url(url):
-    """Return ``url`` with any password replaced by ``***``."""
+    """Return ``url`` with any password replaced by :data:`~.redact.MASK`."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
     userinfo, hostport = parts.netloc.rsplit("@", 1)  # not .port: it raises on a bad port
-    netloc = "%s:***@%s" % (userinfo.split(":", 1)[0], hostport)
+    netloc = "%s:%s@%s" % (userinfo.split(":", 1)[0], MASK, hostport)
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

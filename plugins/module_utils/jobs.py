@@ -8,6 +8,10 @@ One job is one JSON object in one AMQP message. Everything that produces a job (
 here, so a bad job is refused with the same message everywhere: the name of the bad field and
 what it must be. Jobs are made with :func:`make_job` and named by the one rule of
 :func:`job_id`, whoever makes them.
+
+A message body becomes a job here only: :func:`decode_message` parses it (the worker's queues
+also carry webhook deliveries, which ``plugin_utils/events.py`` maps to scan jobs) and
+:func:`decode_job`, the inverse of :func:`encode_job`, parses and validates it.
 """
 
 from __future__ import annotations
@@ -143,15 +147,20 @@ def encode_job(job):
     return json.dumps(job, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def decode_job(body):
-    """Parse and validate a job message body (bytes or str); raise JobError when invalid."""
+def decode_message(body):
+    """The JSON value of a message body (bytes or str); raise JobError (field ``(message)``)
+    when it is not UTF-8 or not JSON. Not validated: a work queue also carries deliveries."""
     if isinstance(body, bytes):
         try:
             body = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise JobError("(message)", "is not UTF-8: %s" % exc)
     try:
-        job = json.loads(body)
+        return json.loads(body)
     except ValueError as exc:
         raise JobError("(message)", "is not valid JSON: %s" % exc)
-    return validate_job(job)
+
+
+def decode_job(body):
+    """Parse and validate a job message body (bytes or str); raise JobError when invalid."""
+    return validate_job(decode_message(body))

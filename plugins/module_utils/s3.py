@@ -24,7 +24,7 @@ The interface (what a store needs; each store keeps its own key layout and its o
   :func:`is_missing` ``(exc)``: whether it says that the key is not there (404, NoSuchKey).
 - :func:`describe_error` ``(exc, secrets=())``: one line for an operator, ``Code Message`` for
   a server's answer, ``Type: text`` otherwise; never a secret: any of ``secrets`` is replaced
-  by ``********`` and URL query strings (pre-signed signatures) are dropped.
+  by ``redact.MASK`` and URL query strings (pre-signed signatures) are dropped.
 - :func:`failure` ``(what, bucket, key, exc, secrets=(), hints=None)``: the :class:`S3Problem`
   ``S3 <what> of s3://bucket/key failed: <description>``, with ``hints[code]`` appended for a
   server error code; its ``code`` attribute is the server's code (or None). Stores re-raise it
@@ -48,7 +48,8 @@ import hashlib
 import re
 from urllib.parse import unquote
 
-REDACTED = "********"
+from ansible_collections.testfleet.infra.plugins.module_utils.redact import hide
+
 MISSING_CODES = ("404", "NoSuchKey", "NotFound")
 _QUERY_RE = re.compile(r"(https?://[^\s?'\"]*)\?[^\s'\"]*")
 
@@ -129,11 +130,7 @@ def describe_error(exc, secrets=()):
         text = "%s %s" % (error.get("Code", "?"), error.get("Message", ""))
     else:
         text = "%s: %s" % (type(exc).__name__, exc)
-    text = _QUERY_RE.sub(r"\1", text)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text.strip()
+    return hide(_QUERY_RE.sub(r"\1", text), secrets).strip()
 
 
 def failure(what, bucket, key, exc, secrets=(), hints=None):

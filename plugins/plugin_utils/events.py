@@ -50,7 +50,6 @@ for messages to dead-letter.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
@@ -255,27 +254,15 @@ def scan_job_for_delivery(message):
     return job, why
 
 
-def decode_message(body):
-    """Parse a message body (bytes or str) as JSON; raise JobError naming what is wrong."""
-    if isinstance(body, bytes):
-        try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise jobs.JobError("(message)", "is not UTF-8: %s" % exc)
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise jobs.JobError("(message)", "is not valid JSON: %s" % exc)
-
-
 def job_for_message(body):
     """The job a work-queue message asks for: ``(job, why)``, or ``(None, why)`` to ignore it.
 
     A webhook delivery is mapped by :func:`scan_job_for_delivery` (``why`` says what it is or why
-    it is ignored); anything else must be a valid job (``why`` is None). Raise
-    :class:`~.jobs.JobError` or :class:`InvalidDelivery` for a message to dead-letter.
+    it is ignored); anything else must be a valid job (``why`` is None). The body is parsed by
+    ``jobs.decode_message``. Raise :class:`~.jobs.JobError` or :class:`InvalidDelivery` for a
+    message to dead-letter.
     """
-    message = decode_message(body)
+    message = jobs.decode_message(body)
     if is_delivery(message):
         return scan_job_for_delivery(message)
     return jobs.validate_job(message), None

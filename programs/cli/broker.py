@@ -53,8 +53,8 @@ def describe_message(properties, body):
     """What a (dead-lettered) message is: id, kind, repo, original queue, reason, its job or body."""
     headers = dict((str(_text(k)), v) for k, v in (properties.headers or {}).items())
     try:
-        data = json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
-    except ValueError:
+        data = jobs.decode_message(body)
+    except jobs.JobError:
         data = None
     message = data if isinstance(data, dict) else {}
     payload = message.get("payload") if isinstance(message.get("payload"), dict) else None

@@ -104,7 +104,7 @@ def github_reporter(cfg, host_label):
     forge_section = cfg.config.section("forge")
     client = forge.ForgeClient(api_url=forge_section["api_url"], token_file=forge_section["token_file"],
                                etag_cache_dir=os.path.join(cfg.worker["work_dir"], "forge-cache"))
-    return job_report.GitHubReporter(client, host_label, check_interval=cfg.worker.get("pull_check_interval") or 30.0)
+    return job_report.GitHubReporter(client, host_label, check_interval=cfg.worker["pull_check_interval"])
 
 
 class CurrentJob:
@@ -140,10 +140,10 @@ class Worker:
         store = logstore.open_store(**cfg.log_store)
         self.job_settings = JobSettings(
             work_dir=worker["work_dir"], host=self.host, slot=slot, store=store, store_settings=cfg.log_store,
-            default_timeout=worker["default_timeout"], clone_url=worker.get("clone_url"),
-            flush_interval=worker.get("log_flush_interval") or 2.0, flush_bytes=worker.get("log_flush_bytes") or 65536,
-            upload_timeout=worker.get("upload_timeout") or 60.0, retry_delay=worker.get("retry_delay", 10.0),
-            config_path=cfg.path, reporter=github_reporter(cfg, "%s/%s" % (self.host, slot)))
+            default_timeout=worker["default_timeout"], clone_url=worker["clone_url"],
+            flush_interval=worker["log_flush_interval"], flush_bytes=worker["log_flush_bytes"],
+            upload_timeout=worker["upload_timeout"], retry_delay=worker["retry_delay"], config_path=cfg.path,
+            reporter=github_reporter(cfg, "%s/%s" % (self.host, slot)))
         self.drain_timeout = worker.get("drain_timeout")
         metrics_dir = worker.get("metrics_dir")
         self.metrics = Metrics(os.path.join(metrics_dir, "testfleet-worker-%s.prom" % slot) if metrics_dir else None,

@@ -28,6 +28,7 @@ cancelled as ``superseded`` when its pull request moves on or closes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     RUNNER_IMPORT_ERROR = exc
 
 from ansible_collections.testfleet.infra.plugins.callback import job_log
+from ansible_collections.testfleet.infra.plugins.module_utils.config import SCHEMA
 from ansible_collections.testfleet.infra.plugins.plugin_utils import job_report
 from ansible_collections.testfleet.infra.plugins.plugin_utils import job_run
 from ansible_collections.testfleet.infra.plugins.plugin_utils import logstore
@@ -58,27 +60,28 @@ DUPLICATE = "duplicate"     # redelivered, and its final result is already store
 STALE = "stale"             # its GitHub context shows that another attempt owns it
 RUNNER_ERROR = "error"      # ansible-runner's status when it could not run the playbook at all
 
+_WORKER = SCHEMA["worker"]
 
+
+@dataclasses.dataclass
 class JobSettings:
-    """What every job of a worker slot shares (from the config file)."""
+    """What every job of a worker slot shares: the config file's ``worker`` and ``log_store``
+    sections (the consumer passes them; the defaults are the config schema's)."""
 
-    def __init__(self, work_dir, host, slot, store, store_settings, default_timeout=7200, clone_url=None,
-                 flush_interval=2.0, flush_bytes=65536, upload_timeout=60.0, retry_delay=10.0, pexpect_timeout=0.5,
-                 config_path=None, reporter=None):
-        self.work_dir = work_dir
-        self.host = host
-        self.slot = slot
-        self.store = store
-        self.store_settings = store_settings
-        self.default_timeout = default_timeout
-        self.clone_url = clone_url
-        self.flush_interval = flush_interval
-        self.flush_bytes = flush_bytes
-        self.upload_timeout = upload_timeout
-        self.retry_delay = retry_delay
-        self.pexpect_timeout = pexpect_timeout
-        self.config_path = config_path      # handed to job playbooks (the scan reads it)
-        self.reporter = reporter            # job_report.GitHubReporter, or None (no forge section)
+    work_dir: str
+    host: str
+    slot: int
+    store: object                   # the opened log store
+    store_settings: dict            # the log_store section (the callback opens its own store)
+    default_timeout: int = _WORKER["default_timeout"].default
+    clone_url: str | None = None    # None: the job playbooks' own default
+    flush_interval: float = _WORKER["log_flush_interval"].default
+    flush_bytes: int = _WORKER["log_flush_bytes"].default
+    upload_timeout: float = _WORKER["upload_timeout"].default
+    retry_delay: float = _WORKER["retry_delay"].default
+    pexpect_timeout: float = 0.5
+    config_path: str | None = None  # handed to job playbooks (the scan reads it)
+    reporter: object = None         # job_report.GitHubReporter, or None (no forge section)
 
     @property
     def slot_dir(self):

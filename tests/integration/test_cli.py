@@ -285,5 +285,5 @@ def test_a_refused_login_exits_1_without_the_password(capsys, tmp_path, wrong_pa
     path.write_text(yaml.safe_dump({"amqp": {"url": wrong_password_url}, "topology": topology}))
     code, out, err = run(capsys, str(path), "queues")
     assert code == 1 and out == ""
-    assert err.startswith("testfleet: the broker at amqp://guest:***@") and "refused" in err
+    assert err.startswith("testfleet: the broker at amqp://guest:********@") and "refused" in err
     assert "Wr0ng-Pa55word" not in err

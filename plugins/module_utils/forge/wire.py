@@ -30,8 +30,9 @@ import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ansible_collections.testfleet.infra.plugins.module_utils import files
+from ansible_collections.testfleet.infra.plugins.module_utils.redact import MASK
 
-REDACTED = "********"
+REDACTED = MASK  # the name forge/client.py imports; the mask is redact.py's
 MEMORY_CACHE_ENTRIES = 20000
 
 LOG = logging.getLogger("testfleet.forge")
@@ -61,7 +62,7 @@ class SecretFieldFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # pylint: disable=broad-except
             return True  # a broken record is not ours to fix
-        masked = _SECRET_FIELD_RE.sub(lambda m: m.group(1) + REDACTED + m.group(3), message)
+        masked = _SECRET_FIELD_RE.sub(lambda m: m.group(1) + MASK + m.group(3), message)
         if masked != message:
             record.msg, record.args = masked, None
         return True

@@ -19,23 +19,23 @@ removed before anything is written to the spool (:class:`Redactor`).
 
 The package, one concern a module (import the names from here):
 
-==============  ==================================================================
-``folder``      file names, limits, errors, the job id and file name checks
+==============  =========================================================================
+``folder``      file names, limits, errors, the job id and file name checks, public URLs
 ``stores``      :class:`LocalStore` and :func:`open_store` (picks a backend by URL)
-``s3``          :class:`S3Store`
+``s3``          :class:`S3Store` (on ``module_utils/s3.py``, the image store's S3 too)
 ``redaction``   :class:`Redactor`, :func:`job_secrets`, :func:`public_job`
 ``spool``       :class:`JobSpool`, :class:`Shipper`, :func:`upload_folder`
 ``viewer``      ``log.html``, loaded from ``viewer.html``
-==============  ==================================================================
+==============  =========================================================================
 """
 
 from __future__ import annotations
 
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.folder import (
     ATTACHMENTS, CONTENT_TYPES, DEFAULT_URL, LOG, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENT_FILES, MAX_LOG_BYTES,
-    NO_STORE, RESULT, VIEWER, LogStoreError, ShortFile, check_job_id, check_name, result_bytes)
+    NO_STORE, RESULT, VIEWER, LogStoreError, ShortFile, check_job_id, check_name, public_location, result_bytes)
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.redaction import (
-    REDACTED, Redactor, job_secrets, public_job)
+    Redactor, job_secrets, public_job)
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.s3 import S3Store
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.stores import LocalStore, open_store
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.viewer import viewer_bytes, viewer_html
@@ -44,7 +44,8 @@ from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.spool imp
 
 __all__ = [
     "ATTACHMENTS", "CONTENT_TYPES", "DEFAULT_URL", "LOG", "MAX_ATTACHMENT_BYTES", "MAX_ATTACHMENT_FILES", "MAX_LOG_BYTES",
-    "NO_STORE", "RESULT", "VIEWER", "LogStoreError", "ShortFile", "check_job_id", "check_name", "result_bytes",
-    "REDACTED", "Redactor", "job_secrets", "public_job", "S3Store", "LocalStore", "open_store",
+    "NO_STORE", "RESULT", "VIEWER", "LogStoreError", "ShortFile", "check_job_id", "check_name", "public_location",
+    "result_bytes",
+    "Redactor", "job_secrets", "public_job", "S3Store", "LocalStore", "open_store",
     "viewer_bytes", "viewer_html", "S3_RESEND_BYTES_PER_S", "JobSpool", "Shipper", "upload_folder",
 ]

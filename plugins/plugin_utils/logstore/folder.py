@@ -10,6 +10,7 @@ What ``result.json`` holds (its schema, the outcome words) is the job-run contra
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 from ansible_collections.testfleet.infra.plugins.module_utils import jobs
 
@@ -52,6 +53,12 @@ def check_name(name):
     if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise LogStoreError("invalid file name in a job folder: %r" % (name,))
     return name
+
+
+def public_location(public_url, job_id, name=""):
+    """The address of ``name`` of a job's folder (the folder itself by default) under the
+    store's ``public_url`` (no trailing slash): what status links point at."""
+    return "%s/%s/%s" % (public_url, quote(check_job_id(job_id)), quote(name))
 
 
 def result_bytes(result):

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import re
 
-REDACTED = "********"
+from ansible_collections.testfleet.infra.plugins.module_utils.redact import MASK
 
 
 class Redactor:
-    """Replaces secret values by ``********`` in text and in (nested) data.
+    """Replaces secret values by ``redact.MASK`` in text and in (nested) data.
 
     Longer secrets are replaced first, so one secret inside another leaves no part behind. The
     JSON-escaped form of each secret is removed too (it is what a dumped result shows).
@@ -39,7 +39,7 @@ class Redactor:
     def text(self, value):
         if self._pattern is None or not value:
             return value
-        return self._pattern.sub(REDACTED, value)
+        return self._pattern.sub(MASK, value)
 
     def binary(self, data):
         """``data`` (bytes, e.g. an attachment) with each secret overwritten by as many ``*``.
@@ -79,5 +79,5 @@ def public_job(job):
     shown = dict(job)
     args = shown.get("args")
     if isinstance(args, dict) and isinstance(args.get("secrets"), dict):
-        shown["args"] = dict(args, secrets=dict((k, REDACTED) for k in args["secrets"]))
+        shown["args"] = dict(args, secrets=dict((k, MASK) for k in args["secrets"]))
     return shown

@@ -3,32 +3,19 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The S3 log store (any S3-compatible server): ``s3://<bucket>/<prefix>/<job-id>/<name>``.
 
-boto3 with short timeouts and no retries of its own (the shipper retries). S3 has no append:
-each flush uploads the whole log so far (see ``spool.Shipper``).
+The client, the requests and the wording of failures are ``module_utils/s3.py``'s, shared with
+the image store. The log store asks it for short timeouts and no retries of botocore's own
+(``retries=0``): the shipper (``spool.Shipper``) retries with backoff behind a circuit breaker
+and keeps in its spool what it cannot send, and its final flush has a deadline that botocore's
+retries (each attempt with its own timeouts) would overrun, holding up the end of the play.
+S3 has no append: each flush uploads the whole log so far.
 """
 
 from __future__ import annotations
 
-import os
-from urllib.parse import quote
-
-from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.folder import CONTENT_TYPES, NO_STORE, LogStoreError, check_job_id, check_name
-
-_BOTO = {}
-
-
-def _boto():
-    """boto3 and botocore, imported on first use: the import costs about 0.2 s, which every
-    playbook run would pay for the callback even with a local store."""
-    if not _BOTO:
-        try:
-            import boto3
-            import botocore.config
-            import botocore.exceptions
-        except ImportError as exc:
-            raise LogStoreError("the S3 log store needs the Python library boto3 (pip install boto3): %s" % exc)
-        _BOTO.update(boto3=boto3, config=botocore.config, exceptions=botocore.exceptions)
-    return _BOTO
+from ansible_collections.testfleet.infra.plugins.module_utils import s3
+from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.folder import (
+    CONTENT_TYPES, NO_STORE, LogStoreError, check_job_id, check_name, public_location)
 
 
 class S3Store:
@@ -43,13 +30,14 @@ class S3Store:
         self.endpoint_url = endpoint_url
         self.public_url = public_url.rstrip("/") if public_url else None
         if client is None:
-            boto = _boto()
-            config = boto["config"].Config(
-                connect_timeout=connect_timeout, read_timeout=read_timeout,
-                retries={"total_max_attempts": 1}, signature_version="s3v4")
-            client = boto["boto3"].session.Session().client(
-                "s3", endpoint_url=endpoint_url, config=config,
-                region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+            try:
+                client = s3.make_client(endpoint_url=endpoint_url, region=region, connect_timeout=connect_timeout,
+                                        read_timeout=read_timeout, retries=0)
+            except s3.MissingBoto as exc:
+                raise LogStoreError("the S3 log store needs the Python library boto3 (pip install boto3): %s"
+                                    % exc.error) from None
+            except s3.S3Problem as exc:
+                raise LogStoreError(str(exc)) from None
         self.client = client
 
     def __repr__(self):
@@ -59,53 +47,34 @@ class S3Store:
         key = "%s/%s" % (check_job_id(job_id), check_name(name))
         return "%s/%s" % (self.prefix, key) if self.prefix else key
 
-    @staticmethod
-    def _client_error(exc):
-        """The error code of a botocore ClientError, else None."""
-        response = getattr(exc, "response", None)
-        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
-            return response["Error"]
-        return None
-
     def _fail(self, what, key, exc):
-        error = self._client_error(exc)
-        if error is not None:
-            detail = "%s %s" % (error.get("Code", "?"), error.get("Message", ""))
-        else:
-            detail = "%s: %s" % (type(exc).__name__, exc)
-        return LogStoreError("S3 %s of s3://%s/%s failed: %s" % (what, self.bucket, key, detail.strip()))
+        return LogStoreError(str(s3.failure(what, self.bucket, key, exc)))
 
     def put(self, job_id, name, data):
         key = self._key(job_id, name)
-        extra = {"ContentType": CONTENT_TYPES.get(name, "application/octet-stream")}
-        if name in NO_STORE:
-            extra["CacheControl"] = "no-store"
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+            s3.put_bytes(self.client, self.bucket, key, data,
+                         content_type=CONTENT_TYPES.get(name, "application/octet-stream"),
+                         cache_control="no-store" if name in NO_STORE else None)
         except Exception as exc:  # botocore raises many unrelated classes; all are retryable here
             raise self._fail("upload", key, exc)
 
     def get(self, job_id, name):
         key = self._key(job_id, name)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except Exception as exc:
-            if (self._client_error(exc) or {}).get("Code") in ("NoSuchKey", "404"):
-                return None
+            return s3.get_bytes(self.client, self.bucket, key)
+        except Exception as exc:  # botocore raises many unrelated classes
             raise self._fail("download", key, exc)
 
     def list(self, job_id):
         top = self._key(job_id, "x")[:-1]
-        names = []
         try:
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=top):
-                names.extend(item["Key"][len(top):] for item in page.get("Contents", ()))
-        except Exception as exc:
+            listed = s3.list_objects(self.client, self.bucket, top)
+        except Exception as exc:  # botocore raises many unrelated classes
             raise self._fail("listing", top, exc)
-        return sorted(names)
+        return sorted(key[len(top):] for key, dummy, dummy in listed)
 
     def location(self, job_id, name=""):
         if self.public_url:
-            return "%s/%s/%s" % (self.public_url, quote(check_job_id(job_id)), quote(name))
-        return "s3://%s/%s" % (self.bucket, self._key(job_id, name or "x")[:-1] + name)
+            return public_location(self.public_url, job_id, name)
+        return "s3://%s/%s" % (self.bucket, self._key(job_id, name) if name else self._key(job_id, "x")[:-1])

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import errno
 import os
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ansible_collections.testfleet.infra.plugins.module_utils import files
-from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.folder import DEFAULT_URL, LogStoreError, ShortFile, check_job_id, check_name
+from ansible_collections.testfleet.infra.plugins.module_utils import s3
+from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.folder import (
+    DEFAULT_URL, LogStoreError, ShortFile, check_job_id, check_name, public_location)
 from ansible_collections.testfleet.infra.plugins.plugin_utils.logstore.s3 import S3Store
 
 
@@ -84,7 +86,7 @@ class LocalStore:
     def location(self, job_id, name=""):
         """Where a person finds ``name`` (the folder by default): public URL or local path."""
         if self.public_url:
-            return "%s/%s/%s" % (self.public_url, quote(check_job_id(job_id)), quote(name))
+            return public_location(self.public_url, job_id, name)
         return os.path.join(self.root, check_job_id(job_id), name)
 
 
@@ -100,10 +102,11 @@ def open_store(url=None, endpoint_url=None, public_url=None, region=None, **kwar
             raise LogStoreError("log store %s: a file:// URL names a local directory (file:///dir)" % url)
         return LocalStore(unquote(parts.path), public_url=public_url)
     if parts.scheme == "s3":
-        if not parts.netloc:
+        located = s3.bucket_and_prefix(parts)
+        if located is None:
             raise LogStoreError("log store %s names no bucket (s3://bucket/prefix)" % url)
-        return S3Store(parts.netloc, unquote(parts.path), endpoint_url=endpoint_url,
-                       public_url=public_url, region=region, **kwargs)
+        bucket, prefix = located
+        return S3Store(bucket, prefix, endpoint_url=endpoint_url, public_url=public_url, region=region, **kwargs)
     if parts.scheme == "" and url:
         return LocalStore(os.path.expanduser(url), public_url=public_url)
     raise LogStoreError("log store %s: the URL must start with file:// or s3://" % url)

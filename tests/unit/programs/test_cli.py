@@ -77,7 +77,7 @@ def test_broker_trouble_exits_1_without_the_password(tmp_path, capsys):
     config.write_text("amqp:\n  url: amqp://ops:S3cretPassw0rd@127.0.0.1:1/ci\n")
     assert cli.run(["--config", str(config), "queues"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("testfleet: cannot reach the broker at amqp://ops:***@127.0.0.1:1/ci")
+    assert err.startswith("testfleet: cannot reach the broker at amqp://ops:********@127.0.0.1:1/ci")
     assert "S3cretPassw0rd" not in err
 
 

@@ -120,7 +120,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     ({"worker": {"queues": ["nope"]}}, "worker.queues: 'nope' is not a work queue of the topology"),
     ({"log_store": {"url": "ftp://x/logs"}}, "log_store.url must be a URL starting with s3:// or file://"),
     ({"forge": {"api_url": "api.github.com"}}, "forge.api_url must be a URL starting with http:// or https://"),
-    ({"amqp": {"url": "http://user:pw@broker/"}}, "amqp.url must be a URL starting with amqp:// or amqps://, not http://user:***@broker/"),
+    ({"amqp": {"url": "http://user:pw@broker/"}}, "amqp.url must be a URL starting with amqp:// or amqps://, not http://user:********@broker/"),
     ({"amqp": {"url": "amqp://broker/", "ca_file": "/nonexistent/ca.pem"}}, "amqp: ca_file /nonexistent/ca.pem does not exist"),
     ({"amqp": {"heartbeat": -1}}, "amqp.heartbeat must be an integer, 0 or more (at most 3600), not -1"),
     ({"topology": {"queues": "events"}}, "topology is not a valid topology description: queues must be a non-empty list"),

@@ -149,6 +149,14 @@ def test_decode_errors_concern_the_whole_message(body, problem):
     assert problem in str(info.value)
 
 
+def test_decode_message_parses_without_validating():
+    # a work queue carries webhook deliveries too: plugin_utils/events.py maps them
+    assert jobs.decode_message(b'{"delivery": "d", "event": "ping"}') == {"delivery": "d", "event": "ping"}
+    assert jobs.decode_message("[1, 2]") == [1, 2]
+    with pytest.raises(JobError, match="is not UTF-8"):
+        jobs.decode_message(b"\xff")
+
+
 def test_decode_validates_the_job():
     with pytest.raises(JobError) as info:
         decode_job(b'{"version": 1, "id": "x", "kind": "test", "repo": "o/n", "sha": "%s"}'

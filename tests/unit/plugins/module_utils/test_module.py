@@ -108,7 +108,7 @@ def test_a_connection_error_fails_the_module_without_the_password(capsys, closed
     result = connect_outcome(capsys, {"url": "amqp://user:%s@127.0.0.1:%d/" % (SECRET, closed_port)})
     assert result["failed"] is True
     assert result["error"] == "BrokerUnreachable"
-    assert result["msg"].startswith("cannot reach the broker at amqp://user:***@127.0.0.1:%d/" % closed_port)
+    assert result["msg"].startswith("cannot reach the broker at amqp://user:********@127.0.0.1:%d/" % closed_port)
     text = json.dumps(result)
     assert SECRET not in text and "pa/ss-w0rd" not in text
     assert result["invocation"]["module_args"]["url"] == "amqp://user:********@127.0.0.1:%d/" % closed_port
@@ -116,7 +116,7 @@ def test_a_connection_error_fails_the_module_without_the_password(capsys, closed
 
 def test_an_invalid_url_fails_cleanly(capsys):
     result = connect_outcome(capsys, {"url": "amqp://user:%s@host:port/" % SECRET})
-    assert result["msg"] == "AMQP URL amqp://user:***@host:port/ has an invalid port"
+    assert result["msg"] == "AMQP URL amqp://user:********@host:port/ has an invalid port"
 
 
 def test_without_pika_the_module_says_what_to_install(capsys, monkeypatch):

@@ -50,6 +50,31 @@ def test_open_store_backends(tmp_path):
         logstore.open_store("s3:///prefix")
 
 
+def test_s3_store_against_moto(moto_server, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    store = logstore.open_store("s3://ci-logs/logs/", endpoint_url=moto_server, region="us-east-1",
+                                public_url="https://logs.example/logs")
+    # the shipper retries and has a deadline: the client never retries by itself, and gives up soon
+    config = store.client.meta.config
+    assert (config.retries["total_max_attempts"], config.connect_timeout, config.read_timeout) == (1, 5.0, 15.0)
+    with pytest.raises(logstore.LogStoreError, match=r"^S3 upload of s3://ci-logs/logs/job-1/log failed: NoSuchBucket"):
+        store.put("job-1", "log", b"x")
+    store.client.create_bucket(Bucket="ci-logs")
+    store.put("job-1", "log", b"line 1\n")
+    store.put("job-1", "attachments/a b.txt", b"a")
+    head = store.client.head_object(Bucket="ci-logs", Key="logs/job-1/log")
+    assert (head["ContentType"], head["CacheControl"]) == ("text/plain; charset=utf-8", "no-store")
+    head = store.client.head_object(Bucket="ci-logs", Key="logs/job-1/attachments/a b.txt")
+    assert head["ContentType"] == "application/octet-stream" and "CacheControl" not in head
+    assert store.get("job-1", "log") == b"line 1\n" and store.get("job-1", "result.json") is None
+    assert store.list("job-1") == ["attachments/a b.txt", "log"] and store.list("job-2") == []
+    assert store.location("job-1", "attachments/a b.txt") == "https://logs.example/logs/job-1/attachments/a%20b.txt"
+    private = logstore.S3Store("ci-logs", "logs", client=store.client)
+    assert (private.location("job-1", "log.html"), private.location("job-1")) == (
+        "s3://ci-logs/logs/job-1/log.html", "s3://ci-logs/logs/job-1/")
+
+
 def test_local_store_put_append_get_list(tmp_path):
     store = logstore.LocalStore(str(tmp_path), public_url="https://logs.example/logs")
     store.put("job-1", "result.json", b"{}")
