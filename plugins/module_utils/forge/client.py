@@ -74,7 +74,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils.forge import wire
-from ansible_collections.testfleet.infra.plugins.module_utils.forge.wire import REDACTED, ForgeError
+from ansible_collections.testfleet.infra.plugins.module_utils import redact
+from ansible_collections.testfleet.infra.plugins.module_utils.forge.wire import ForgeError
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
@@ -202,10 +203,7 @@ class ForgeClient:
 
     # ------------------------------------------------------------------ transport
     def _redact(self, text):
-        for secret in self._secrets:
-            if secret:
-                text = text.replace(secret, REDACTED)
-        return text
+        return redact.hide(text, self._secrets)
 
     def _current_requester(self):
         if self._app is None:

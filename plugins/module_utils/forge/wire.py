@@ -32,7 +32,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ansible_collections.testfleet.infra.plugins.module_utils import files
 from ansible_collections.testfleet.infra.plugins.module_utils.redact import MASK
 
-REDACTED = MASK  # the name forge/client.py imports; the mask is redact.py's
 MEMORY_CACHE_ENTRIES = 20000
 
 LOG = logging.getLogger("testfleet.forge")
