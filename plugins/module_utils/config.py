@@ -110,6 +110,9 @@ from ansible_collections.testfleet.infra.plugins.module_utils.amqp import AmqpSe
 from ansible_collections.testfleet.infra.plugins.module_utils import topology as topology_lib
 from ansible_collections.testfleet.infra.plugins.module_utils import webhook_events
 
+# Where the programs read their config file: --config, else $TESTFLEET_CONFIG, else this path.
+DEFAULT_PATH = "/etc/testfleet/config.yml"
+PATH_ENV = "TESTFLEET_CONFIG"
 DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
 DEFAULT_EVENTS = webhook_events.default_filter()  # the events testfleet scans for, and ping
 EVENT_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -477,6 +480,11 @@ def load(path):
     except files.FileProblem as exc:
         raise ConfigError(str(exc)) from None
     return validate(data, path)
+
+
+def default_path():
+    """The config file a program reads without ``--config``: ``$TESTFLEET_CONFIG``, else DEFAULT_PATH."""
+    return os.environ.get(PATH_ENV) or DEFAULT_PATH
 
 
 def read_secret_file(path, what="secret"):

@@ -85,7 +85,7 @@ SECTIONS = ["amqp", "webhook", "worker", "log_store", "forge", "images"]
 def main():
     module = AnsibleTestfleetModule(
         argument_spec=dict(
-            path=dict(type="path", default="/etc/testfleet/config.yml"),
+            path=dict(type="path", default=config_lib.DEFAULT_PATH),
             sections=dict(type="list", elements="str", required=True, choices=SECTIONS),
         ),
         supports_check_mode=True,

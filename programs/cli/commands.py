@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 
@@ -62,7 +61,6 @@ from ansible_collections.testfleet.infra.programs.cli.scan_jobs import configure
 
 pika = amqp.pika
 
-DEFAULT_CONFIG = "/etc/testfleet/config.yml"
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 10000
 TRIGGER_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -257,8 +255,8 @@ def build_parser():
     parser = _Parser(prog="testfleet", parents=[common],
                      description="Operate testfleet's queues over AMQP: list queues, jobs and dead letters, "
                                  "replay dead letters, queue scans and retests.")
-    parser.add_argument("--config", default=os.environ.get("TESTFLEET_CONFIG", DEFAULT_CONFIG),
-                        help="the testfleet config file (default: $TESTFLEET_CONFIG or %s)" % DEFAULT_CONFIG)
+    parser.add_argument("--config", default=config_lib.default_path(),
+                        help="the testfleet config file (default: $%s or %s)" % (config_lib.PATH_ENV, config_lib.DEFAULT_PATH))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     commands.add_parser("queues", parents=[common], help="each queue of the topology: messages ready, consumers")

@@ -422,8 +422,8 @@ def _parser():
         description="Consume testfleet jobs from the broker and run each as a playbook of the "
                     "testfleet.infra collection through ansible-runner (one job at a time: run one "
                     "process per slot).")
-    parser.add_argument("--config", default=os.environ.get("TESTFLEET_CONFIG", "/etc/testfleet/config.yml"),
-                        help="the testfleet config file (default: $TESTFLEET_CONFIG or /etc/testfleet/config.yml)")
+    parser.add_argument("--config", default=config_lib.default_path(),
+                        help="the testfleet config file (default: $%s or %s)" % (config_lib.PATH_ENV, config_lib.DEFAULT_PATH))
     parser.add_argument("--slot", default=os.environ.get("TESTFLEET_SLOT", "0"),
                         help="this process's slot (a name of letters and digits; default $TESTFLEET_SLOT or 0)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
