@@ -58,7 +58,7 @@ def put_built_image(recipe_file, build_dir, payload):
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / image_naming.image_file_name(recipe.name, sha256)).write_bytes(payload)
     manifest = image_naming.make_manifest(recipe.name, sha256, len(payload), recipe.sha256,
-                                    {"kind": "debootstrap", "suite": "bookworm"}, ["bash 5.2.15-2+b2", "python3 3.11.2-1"])
+                                          {"kind": "debootstrap", "suite": "bookworm"}, ["bash 5.2.15-2+b2", "python3 3.11.2-1"])
     (build_dir / image_naming.manifest_file_name(recipe.name, sha256)).write_bytes(image_naming.manifest_bytes(manifest))
     return "%s-%s" % (recipe.name, sha256)
 

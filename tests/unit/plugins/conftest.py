@@ -39,8 +39,8 @@ def make_image(tmp_path):
         path = folder / image_naming.image_file_name(name, sha)
         path.write_bytes(data)
         manifest = image_naming.make_manifest(name, sha, len(data), recipe_sha256="ab" * 32,
-                                        base={"kind": "debootstrap", "suite": "bookworm"},
-                                        packages=["linux-image-amd64", "openssh-server"])
+                                              base={"kind": "debootstrap", "suite": "bookworm"},
+                                              packages=["linux-image-amd64", "openssh-server"])
         manifest_path = folder / image_naming.manifest_file_name(name, sha)
         manifest_path.write_bytes(image_naming.manifest_bytes(manifest))
         return types.SimpleNamespace(path=str(path), manifest_path=str(manifest_path), name=name, sha256=sha,

@@ -307,7 +307,7 @@ def test_download_keeps_only_the_expected_bytes(tmp_path, http_file):
     target = str(tmp_path / "cloud.img")
     seen = []
     assert vm_cloud_image.download_verified(url, hashlib.sha256(data).hexdigest(), target,
-                                      progress=lambda *args: seen.append(args)) == len(data)
+                                            progress=lambda *args: seen.append(args)) == len(data)
     with open(target, "rb") as handle:
         assert handle.read() == data
     assert seen[-1] == ("download", len(data), len(data))
@@ -346,8 +346,8 @@ def _fake_build(folder, recipe, data=b"qcow2 bytes", built_at=None, size=None):
     sha = hashlib.sha256(data).hexdigest()
     (folder / image_naming.image_file_name(recipe.name, sha)).write_bytes(data)
     manifest = image_naming.make_manifest(recipe.name, sha, len(data) if size is None else size,
-                                    recipe_sha256=recipe.sha256, base={"kind": "debootstrap"}, packages=[],
-                                    built_at=built_at)
+                                          recipe_sha256=recipe.sha256, base={"kind": "debootstrap"}, packages=[],
+                                          built_at=built_at)
     (folder / image_naming.manifest_file_name(recipe.name, sha)).write_bytes(image_naming.manifest_bytes(manifest))
     return str(folder / image_naming.image_file_name(recipe.name, sha)), manifest
 
@@ -442,6 +442,6 @@ def test_manifest_of_a_build_is_valid_for_the_store():
     summary = vm_build._recipe_summary(recipe)
     assert summary["setup"] == {"sha256": hashlib.sha256(b"echo secret-free\n").hexdigest()}
     manifest = image_naming.make_manifest("debian-12", "a" * 64, 10, recipe_sha256=recipe.sha256,
-                                    base={"kind": "debootstrap"}, packages=["bash=5.2"], recipe=summary,
-                                    boot={"mode": "kernel", "kernel": "/boot/vmlinuz-6.1.0-50-amd64"})
+                                          base={"kind": "debootstrap"}, packages=["bash=5.2"], recipe=summary,
+                                          boot={"mode": "kernel", "kernel": "/boot/vmlinuz-6.1.0-50-amd64"})
     assert json.loads(image_naming.manifest_bytes(manifest))["recipe"]["name"] == "debian-12"
