@@ -59,10 +59,11 @@ options:
     default: json
   events:
     description:
-      - The events delivered (C(*) for all). The default is what the testfleet scanner acts on.
+      - The events delivered (C(*) for all). The default is what the testfleet scanner acts on (the
+        collection's C(plugins/module_utils/webhook_events.py); GitHub sends C(ping) to every hook).
     type: list
     elements: str
-    default: [pull_request, push, issue_comment]
+    default: [issue_comment, pull_request, push, status]
   active:
     description:
       - Whether GitHub delivers at all.
@@ -96,7 +97,7 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Deliver pull request, push and comment events to testfleet-webhook
+- name: Deliver the events testfleet scans for to testfleet-webhook
   testfleet.infra.github_webhook:
     token_file: /etc/testfleet/github-admin-token
     repo: example/project
@@ -153,7 +154,7 @@ hook:
     id: 400000001
     url: https://ci.example.org/webhook
     content_type: json
-    events: [issue_comment, pull_request, push]
+    events: [issue_comment, pull_request, push, status]
     active: true
     insecure_ssl: false
     has_secret: true
@@ -167,6 +168,7 @@ changes:
   sample: [events, secret]
 """
 
+from ansible_collections.testfleet.infra.plugins.module_utils import webhook_events
 from ansible_collections.testfleet.infra.plugins.module_utils.module import AnsibleTestfleetModule
 
 COMPARED = ("content_type", "events", "active", "insecure_ssl", "has_secret")
@@ -187,7 +189,7 @@ def main():
             secret=dict(type="str", no_log=True),
             update_secret=dict(type="str", choices=["on_create", "always"], default="on_create", no_log=False),
             content_type=dict(type="str", choices=["json", "form"], default="json"),
-            events=dict(type="list", elements="str", default=["pull_request", "push", "issue_comment"]),
+            events=dict(type="list", elements="str", default=sorted(webhook_events.SCANNED)),
             active=dict(type="bool", default=True),
             insecure_ssl=dict(type="bool", default=False),
             state=dict(type="str", choices=["present", "absent"], default="present"),

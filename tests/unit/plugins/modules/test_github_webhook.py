@@ -41,7 +41,7 @@ def assert_no_secret(*results):
 def test_creates_the_hook_then_leaves_it_alone(run_module, gh, args):
     created = run_module("github_webhook", args, diff=True)
     assert "failed" not in created, created
-    expected = {"url": URL, "content_type": "json", "events": ["issue_comment", "pull_request", "push"],
+    expected = {"url": URL, "content_type": "json", "events": ["issue_comment", "pull_request", "push", "status"],
                 "active": True, "insecure_ssl": False, "has_secret": True}
     assert created["changed"] is True and created["changes"] == ["created"]
     assert created["hook"] == dict(expected, id=created["hook"]["id"])
@@ -61,7 +61,7 @@ def test_a_changed_setting_updates_the_hook_and_sends_the_secret_along(run_modul
     run_module("github_webhook", args)
     changed = run_module("github_webhook", dict(args, events=["push"], insecure_ssl=True), diff=True)
     assert changed["changed"] is True and changed["changes"] == ["events", "insecure_ssl", "secret"]
-    assert changed["diff"]["before"]["events"] == ["issue_comment", "pull_request", "push"]
+    assert changed["diff"]["before"]["events"] == ["issue_comment", "pull_request", "push", "status"]
     assert changed["diff"]["after"]["events"] == ["push"]
     assert changed["hook"]["events"] == ["push"] and changed["hook"]["insecure_ssl"] is True
     hook = stored(gh)
@@ -84,7 +84,7 @@ def test_a_new_secret_is_sent_only_when_asked(run_module, gh, args):
 
 
 def test_secret_presence_is_managed(run_module, gh, args):
-    gh.add_hook(REPO, URL, events=["issue_comment", "pull_request", "push"])
+    gh.add_hook(REPO, URL, events=["issue_comment", "pull_request", "push", "status"])
     added = run_module("github_webhook", args)
     assert added["changed"] is True and added["changes"] == ["has_secret", "secret"]
     assert stored(gh)["config"]["secret"] == SECRET
