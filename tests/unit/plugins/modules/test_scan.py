@@ -107,46 +107,23 @@ def scan(run_module, github, broker, testmap, amqp_options, tmp_path):
 
 
 def test_a_first_scan_queues_each_context_once_and_a_rescan_nothing(scan, github, broker):
+    # The module around the Scanner (module_utils/scan/test_scanner.py tests its decisions):
+    # options in, jobs out through the real broker with their ids, statuses posted, a result.
     github.add_pull(REPO, 4, SHA, author="alice", author_association="NONE")
     result = scan(repo=REPO)
     assert "failed" not in result, result
     assert result["changed"] is True
-    assert sorted((q["context"], q["attempt"]) for q in result["queued"]) == [("ctx/a", 1), ("ctx/b", 1)]
     public, internal = broker.take(broker.public), broker.take(broker.internal)
     assert [m[0] for m in public] == [job_id(REPO, SHA, "ctx/a", 1)]
     assert [m[0] for m in internal] == [job_id(REPO, SHA, "ctx/b", 1)]
-    assert public[0][1] == {"version": 1, "id": job_id(REPO, SHA, "ctx/a", 1), "kind": "test", "repo": REPO,
-                            "sha": SHA, "pull": 4, "context": "ctx/a", "timeout": 600,
-                            "report": {"github": {"context": "ctx/a", "attempt": 1}}}
-    assert internal[0][1]["args"] == {"command": ["make", "check"]}
-    assert internal[0][1]["timeout"] == 900
-    for context in ("ctx/a", "ctx/b"):
-        [posted] = github.statuses(REPO, SHA, context)
-        parsed = statuses.parse(posted)
-        assert (posted["state"], parsed.kind, parsed.attempt) == ("pending", "queued", 1)
-        expected = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3600)
-        assert abs((parsed.deadline - expected).total_seconds()) < 120
-    assert github.statuses(REPO, SHA, "ctx/m") == []
+    assert public[0][1]["report"] == {"github": {"context": "ctx/a", "attempt": 1}}
+    assert [statuses.parse(s).kind for s in github.statuses(REPO, SHA)] == ["queued", "queued"]
     assert result["requests"]["writes"] == 2
 
     again = scan(repo=REPO)
-    assert again["changed"] is False
-    assert again["queued"] == [] and again["plan"][0]["actions"] == []
-    assert again["requests"]["writes"] == 0
+    assert again["changed"] is False and again["queued"] == []
     assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
     assert len(github.statuses(REPO, SHA)) == 2
-
-    # nothing changed since: the pulls list is answered 304 from the ETag cache, the commit is not
-    # read at all (the scan state shows it queued within its deadline); what counts is the branch
-    # the test map names, which does not exist (a 404 has no ETag; the module warns. Warnings are
-    # not asserted: in-process, once controller code is imported, they go to Display)
-    github.reset_records()
-    third = scan(repo=REPO)
-    assert third["changed"] is False
-    assert third["plan"][0]["cached"] is True
-    assert third["requests"]["not_modified"] == 1
-    assert [(r["path"], r["status"]) for r in github.requests] == [
-        ("/repos/org/proj/pulls", 304), ("/repos/org/proj/branches/main", 404)]
 
 
 def test_the_queued_status_is_posted_before_the_job_is_published(scan, github, broker):
