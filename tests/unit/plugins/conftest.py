@@ -6,6 +6,11 @@ moto_server (the fixture ``moto_server`` of tests/conftest.py) with the module o
 it. ``tcp_proxy(endpoint)`` puts a :class:`CountingProxy` in front of a server: it counts the
 bytes that go through it, can slow them down, and can cut the connections after some bytes.
 ``module_process(name, args)`` runs a module of this collection as its own process.
+
+The scanner's tests (``modules/test_scan.py`` through the real broker, ``module_utils/scan/
+test_scanner.py`` without one) share ``testmap`` (the test map of ``org/proj``, on the queues of
+the test file's own ``broker`` fixture) and ``github`` (the fake GitHub with ``org/proj``, a
+writer ``maint`` and a reader ``rita``).
 """
 
 import contextlib
@@ -210,3 +215,31 @@ def module_process(collections_path, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+SCAN_REPO = "org/proj"
+
+
+@pytest.fixture
+def testmap(tmp_path, broker):
+    path = tmp_path / "testmap.yml"
+    path.write_text("""\
+defaults: {queue: %(public)s, timeout: 600, queued_timeout: 3600}
+allow: {authors: [alice], associations: [OWNER, MEMBER]}
+repos:
+  org/proj:
+    branches:
+      main:
+        - ctx/a
+        - {context: ctx/b, queue: %(internal)s, timeout: 900, args: {command: [make, check]}}
+    manual: [ctx/m]
+""" % {"public": broker.public, "internal": broker.internal})
+    return str(path)
+
+
+@pytest.fixture
+def github(fake_github):
+    fake_github.add_repo(SCAN_REPO)
+    fake_github.set_permission(SCAN_REPO, "maint", "write")
+    fake_github.set_permission(SCAN_REPO, "rita", "read")
+    return fake_github

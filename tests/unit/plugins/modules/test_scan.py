@@ -71,31 +71,6 @@ def broker(amqp_settings):
 
 
 @pytest.fixture
-def testmap(tmp_path, broker):
-    path = tmp_path / "testmap.yml"
-    path.write_text("""\
-defaults: {queue: %(public)s, timeout: 600, queued_timeout: 3600}
-allow: {authors: [alice], associations: [OWNER, MEMBER]}
-repos:
-  org/proj:
-    branches:
-      main:
-        - ctx/a
-        - {context: ctx/b, queue: %(internal)s, timeout: 900, args: {command: [make, check]}}
-    manual: [ctx/m]
-""" % {"public": broker.public, "internal": broker.internal})
-    return str(path)
-
-
-@pytest.fixture
-def github(fake_github):
-    fake_github.add_repo(REPO)
-    fake_github.set_permission(REPO, "maint", "write")
-    fake_github.set_permission(REPO, "rita", "read")
-    return fake_github
-
-
-@pytest.fixture
 def scan(run_module, github, broker, testmap, amqp_options, tmp_path):
     """Run the module with the test's GitHub, broker and test map; extra options as keywords."""
     def run(check_mode=False, diff=False, **options):
