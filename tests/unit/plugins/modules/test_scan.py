@@ -7,7 +7,6 @@ reported. Every test declares its own queues (unique names, through topology.ens
 deletes them afterwards; the messages the module published are read back from them.
 """
 
-import datetime
 import json
 import uuid
 
@@ -194,44 +193,3 @@ def test_a_bad_test_map_is_reported_with_its_key_path(scan, github, tmp_path):
     result = scan(repo=REPO, testmap=str(bad))
     assert result["failed"] is True
     assert result["msg"] == "%s: repos.org/proj.branches.main[0].queu: unknown key (did you mean 'queue'?)" % bad
-
-
-def status_reads(github):
-    """The shas whose combined status was asked for, in order."""
-    return [r["path"].split("/")[5] for r in github.requests if r["path"].endswith("/status")]
-
-
-def test_rebuild_publishes_queued_jobs_again_with_the_same_id_and_posts_nothing(scan, github, broker):
-    github.set_branch(REPO, "main", SHA)               # the PR's head is also the branch's head
-    github.add_pull(REPO, 4, SHA)
-    github.add_pull(REPO, 5, SHA2)
-    first = scan(repo=REPO)
-    assert len(first["queued"]) == 4
-    lost_public, lost_internal = broker.take(broker.public), broker.take(broker.internal)   # the broker lost them
-    # meanwhile: PR 5's ctx/a runs on a worker and its ctx/b broke
-    deadline = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
-    github.post_status(REPO, SHA2, "pending", "ctx/a", description=statuses.describe(
-        "running", 1, host="w/1", deadline=deadline))
-    github.post_status(REPO, SHA2, "error", "ctx/b", description=statuses.describe("error", 1, reason="broke"))
-    posted_before = len(github.statuses(REPO, SHA)) + len(github.statuses(REPO, SHA2))
-
-    planned = scan(repo=REPO, rebuild=True, check_mode=True)
-    assert planned["changed"] is True and planned["republished"] == []
-    assert broker.take(broker.public) == [] and broker.take(broker.internal) == []
-
-    github.reset_records()
-    result = scan(repo=REPO, rebuild=True)
-    assert "failed" not in result, result
-    assert status_reads(github) == [SHA, SHA2, SHA]    # implies fresh: every head read
-    assert sorted((r["pull"], r["context"], r["attempt"]) for r in result["republished"]) == [
-        (4, "ctx/a", 1), (4, "ctx/b", 1)]
-    assert [(q["pull"], q["context"], q["attempt"]) for q in result["queued"]] == [(5, "ctx/b", 2)]
-    public, internal = broker.take(broker.public), broker.take(broker.internal)
-    assert [m[0] for m in public] == [m[0] for m in lost_public if m[1]["sha"] == SHA]
-    assert [m[1] for m in public] == [m[1] for m in lost_public if m[1]["sha"] == SHA]   # the same job
-    assert [m[0] for m in internal] == [job_id(REPO, SHA, "ctx/b", 1), job_id(REPO, SHA2, "ctx/b", 2)]
-    assert internal[0] == lost_internal[0]
-    # one post: the re-queue of PR 5's error; the rebuilt contexts got no new status
-    assert len(github.statuses(REPO, SHA)) + len(github.statuses(REPO, SHA2)) == posted_before + 1
-    assert result["requests"]["writes"] == 1
-    assert [a["kind"] for a in result["plan"][0]["actions"]] == ["republish", "republish"]
