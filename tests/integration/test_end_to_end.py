@@ -6,7 +6,7 @@ Real parts: ``testfleet-webhook`` and two ``testfleet-worker`` processes on the 
 topology of the test's own: ``e2e-<id>.events`` with a single active consumer, and
 ``e2e-<id>.tests``), ansible-runner running ``playbooks/jobs/scan.yml`` and
 ``playbooks/jobs/test.yml``, a local git repository cloned over ``file://``, the local log
-store, and the fake GitHub (tests/fake_github.py) that holds the pull request and records the
+store, and the fake GitHub (tests/fake_github/) that holds the pull request and records the
 statuses. The flow: delivery -> webhook -> events -> scan job -> ``queued`` + test job ->
 tests queue -> test job -> ``running`` (with the log link) -> ``success``; exactly these three
 statuses, in that order, and the log in the store. The same with the broker restarted in the

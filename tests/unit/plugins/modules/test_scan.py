@@ -1,4 +1,4 @@
-"""The scan module, in-process, against the fake GitHub (tests/fake_github.py) and the real broker.
+"""The scan module, in-process, against the fake GitHub (tests/fake_github/) and the real broker.
 
 What the module adds to the Scanner (whose decisions are tested without a broker in
 tests/unit/plugins/module_utils/scan/test_scanner.py): its options and their checks, the config

@@ -1,4 +1,4 @@
-"""The forge client against the fake GitHub server (tests/fake_github.py) over real HTTP."""
+"""The forge client against the fake GitHub server (tests/fake_github/) over real HTTP."""
 
 import json
 import logging

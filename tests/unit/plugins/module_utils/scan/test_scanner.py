@@ -1,5 +1,5 @@
 """The Scanner (module_utils/scan/scanner.py), in-process, against the fake GitHub
-(tests/fake_github.py) and a publisher that records what it is given: no broker.
+(tests/fake_github/) and a publisher that records what it is given: no broker.
 
 Each ``scan(...)`` is one run, as the module makes it: a new ForgeClient on the same ETag cache,
 the scan state loaded from and saved next to it. The module around the scanner, with the real
